@@ -1,0 +1,89 @@
+"""The checkpoint format: one dict of tensors and plain data, written atomically and read with
+``torch.load(..., weights_only=True)`` so that a checkpoint from a stranger cannot run code.
+
+Two kinds share the format:
+
+* ``training`` (``RUN/checkpoint.pt`` and ``RUN/checkpoints/epoch_NNN.pt``): G, D, both optimisers,
+  the position in training, RNG states, the fixed sample noise and the whole config;
+* ``discriminator`` (``RUN/discriminator.pt``, written when a run finishes): D's weights and the
+  config only, the small file that ``evaluate`` needs and that results cite by sha256.
+"""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .artifacts import atomic_path
+from .config import Config
+from .errors import UserError
+from .models import Discriminator
+
+FORMAT = "dcgan-features/checkpoint/v1"
+TRAINING_FILE = "checkpoint.pt"
+DISCRIMINATOR_FILE = "discriminator.pt"
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` (already holding ``kind``) atomically: readers see the old file or the new one."""
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, **payload}, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load and validate a checkpoint file with ``weights_only=True``; refuse anything else clearly."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
+        raise UserError(f"refusing checkpoint {path}: it holds more than tensors and plain data ({first}); "
+                        "nothing in it was run") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise UserError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}); "
+                        "use an earlier checkpoint of the run") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise UserError(f"{path} is not a dcgan-features checkpoint (no '{FORMAT}' format tag)")
+    if "config" not in payload or "discriminator" not in payload:
+        raise UserError(f"checkpoint {path} lacks its config or discriminator weights")
+    return payload
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A run directory means its ``discriminator.pt`` if finished, else its latest ``checkpoint.pt``."""
+    path = Path(path)
+    if path.is_dir():
+        for name in (DISCRIMINATOR_FILE, TRAINING_FILE):
+            if (path / name).is_file():
+                return path / name
+        raise UserError(f"run directory {path} holds no {DISCRIMINATOR_FILE} or {TRAINING_FILE}")
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist (give a run directory or a .pt file)")
+    return path
+
+
+def config_of(payload: dict[str, Any], source: str) -> Config:
+    return Config.from_dict(payload["config"], f"config stored in {source}")
+
+
+def load_discriminator(payload: dict[str, Any], source: str) -> tuple[Discriminator, Config]:
+    """Rebuild D from the checkpoint's own config and load its weights strictly."""
+    config = config_of(payload, source)
+    model = Discriminator(config.model)
+    load_state(model, payload["discriminator"], source, "discriminator")
+    return model, config
+
+
+def load_state(module: torch.nn.Module, state: dict, source: str, part: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error when the shapes or names disagree."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError) as exc:
+        detail = str(exc).strip().splitlines()[-1].strip()[:200]
+        raise UserError(f"checkpoint {source}: the {part} weights do not fit this architecture ({detail})") from None

@@ -1,0 +1,132 @@
+"""The ``dcgan-features`` command line: a thin layer over train.pretrain, evaluate.evaluate and
+results.write_report. Mistakes in the input (UserError) print one line and exit with status 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from .config import DATASETS, load_config, parse_set_option
+from .errors import UserError
+
+DEVICES = click.Choice(["auto", "cpu", "cuda"])
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dcgan-features"
+
+
+class Cli(click.Group):
+    """Turns UserError into ``error: <message>`` on stderr and exit status 2, without a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted; run the same command again to resume from the last checkpoint", err=True)
+            ctx.exit(130)
+
+
+def _overrides(pairs: tuple[str, ...], **flags) -> dict:
+    """``--set`` pairs first, then the named flags that were given (they win)."""
+    overrides = dict(parse_set_option(p) for p in pairs)
+    overrides.update({key: value for key, value in flags.items() if value is not None})
+    return {key.replace("__", "."): value for key, value in overrides.items()}
+
+
+set_option = click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE",
+                          help="Override any config key, e.g. --set train.lr=1e-4 (repeatable).")
+dataset_option = click.option("--dataset", type=str, default=None,
+                              help=f"Dataset name: {', '.join(DATASETS)}.")
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dcgan-features")
+def cli() -> None:
+    """Train a DCGAN without labels, then evaluate its frozen discriminator as a feature extractor."""
+
+
+@cli.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="TOML config (configs/*.toml); defaults to the run's own config when resuming.")
+@dataset_option
+@click.option("--data-root", type=str, default=None, help="Folder holding the dataset.")
+@click.option("--download", is_flag=True, default=None, help="Fetch the dataset with torchvision if missing.")
+@click.option("--epochs", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--device", type=DEVICES, default=None, help="auto uses CUDA when present.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Run directory [default: runs/DATASET-seedSEED]. An existing run is resumed.")
+@click.option("--force", is_flag=True, help="Discard an existing run in --out and start over.")
+@set_option
+def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed, device, out, force, set_pairs):
+    """Train a DCGAN (or resume the run in --out)."""
+    from .train import pretrain as run_pretrain
+
+    if config_path is None and out is not None and (Path(out) / "config.json").is_file() and not force:
+        config_path = str(Path(out) / "config.json")  # resuming: the run's own config is the base
+    overrides = _overrides(set_pairs, data__dataset=dataset, data__root=data_root, data__download=download,
+                           train__epochs=epochs, train__batch_size=batch_size, train__seed=seed, train__device=device)
+    config = load_config(config_path, overrides)
+    out = out or f"runs/{config.data.dataset}-seed{config.train.seed}"
+    run_pretrain(config, out, force=force, echo=click.echo)
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=str, help="A run directory or a checkpoint .pt file.")
+@dataset_option
+@click.option("--data-root", type=str, default=None, help="Folder holding the dataset [default: the run's].")
+@click.option("--download", is_flag=True, default=None, help="Fetch the dataset with torchvision if missing.")
+@click.option("--protocol", type=str, default="full", show_default=True, help="Evaluation protocol.")
+@click.option("--svm", "solver", type=click.Choice(["torch", "liblinear"]), default=None,
+              help="SVM solver [default: the config's svm.solver].")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Take [data], [features] and [svm] from this config (the architecture must match).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the validation split.")
+@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--results-dir", type=click.Path(file_okay=False), default="results", show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Feature cache [default: $XDG_CACHE_HOME/dcgan-features].")
+@click.option("--force", is_flag=True, help="Recompute and replace an existing result.")
+@set_option
+def evaluate(checkpoint, dataset, data_root, download, protocol, solver, config_path, seed, device, results_dir,
+             cache_dir, force, set_pairs):
+    """Evaluate a checkpoint's frozen discriminator with an L2-SVM."""
+    from .evaluate import evaluate as run_evaluate
+
+    if dataset is not None and dataset not in DATASETS:
+        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    overrides = _overrides(set_pairs, data__download=download, svm__solver=solver)
+    run_evaluate(checkpoint, dataset=dataset, data_root=data_root, config_path=config_path, overrides=overrides,
+                 seed=seed, protocol=protocol, device=device, results_dir=results_dir,
+                 cache_dir=cache_dir or default_cache_dir(), force=force, echo=click.echo)
+
+
+@cli.command()
+@click.argument("results_dir", type=click.Path(file_okay=False), default="results")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Where report.md and report.csv go [default: RESULTS_DIR].")
+def report(results_dir, out):
+    """Aggregate every result under RESULTS_DIR: mean ± std over seeds, and n."""
+    from .results import write_report
+
+    if not Path(results_dir).is_dir():
+        raise UserError(f"results directory {results_dir} does not exist")
+    markdown, md_path, csv_path = write_report(results_dir, out)
+    click.echo(markdown)
+    click.echo(f"\nwritten: {md_path}, {csv_path}")
+
+
+def main() -> None:
+    cli(prog_name="dcgan-features")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

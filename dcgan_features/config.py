@@ -1,0 +1,261 @@
+"""Experiment configuration: frozen dataclasses loaded from TOML, with typed overrides.
+
+A config has five sections (``data``, ``model``, ``train``, ``features``, ``svm``). Every key is
+declared below with its type and default; a file or override that names anything else is refused,
+so a typo can never silently fall back to a default. Configs are never mutated: overrides build a
+new object with :func:`dataclasses.replace`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+from .errors import UserError
+
+DATASETS = ("cifar10", "svhn", "folder", "digits", "fake")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images to pretrain on."""
+
+    dataset: str = "digits"
+    root: str = "data"
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise UserError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """DCGAN architecture. Empty width tuples mean "derive from ``width`` and ``image_size``"."""
+
+    image_size: int = 32
+    channels: int = 3
+    z_dim: int = 100
+    z_distribution: str = "normal"  # normal | uniform (on [-1, 1], as the paper's ImageNet model)
+    kernel_size: int = 4
+    width: int = 64  # D's first width; doubles per stride-2 block
+    d_widths: tuple[int, ...] = ()
+    d_strides: tuple[int, ...] = ()  # empty: every block has stride 2
+    d_batchnorm_first: bool = False  # the paper: no batch norm on D's input layer
+    g_widths: tuple[int, ...] = ()  # G's widths from the 4x4 projection upwards
+    g_projection: str = "conv"  # conv (4x4 transposed conv) | linear (linear + BN1d, as the authors' code)
+    bn_eps: float = 1e-5
+
+    def __post_init__(self) -> None:
+        n = self.image_size
+        if n < 16 or n & (n - 1):
+            raise UserError(f"model.image_size must be a power of two >= 16, got {n}")
+        if self.channels not in (1, 3):
+            raise UserError(f"model.channels must be 1 or 3, got {self.channels}")
+        if self.z_distribution not in ("normal", "uniform"):
+            raise UserError("model.z_distribution must be 'normal' or 'uniform'")
+        if self.g_projection not in ("conv", "linear"):
+            raise UserError("model.g_projection must be 'conv' or 'linear'")
+        if self.kernel_size < 3:
+            raise UserError("model.kernel_size must be at least 3")
+        strides = self.discriminator_strides
+        if len(strides) != len(self.discriminator_widths) or any(s not in (1, 2) for s in strides):
+            raise UserError("model.d_strides must give a stride of 1 or 2 for every entry of model.d_widths")
+        if 1 in strides and self.kernel_size % 2 == 0:
+            raise UserError("stride-1 blocks keep the image size only with an odd model.kernel_size")
+        if n % (2 ** strides.count(2)) or n // (2 ** strides.count(2)) < 1:
+            raise UserError(f"model.d_strides halve {n}x{n} images below 1x1")
+        if len(self.generator_widths) != self.num_upsamplings:
+            raise UserError(
+                f"model.g_widths needs {self.num_upsamplings} entries to grow 4x4 to {n}x{n}, "
+                f"got {len(self.generator_widths)}"
+            )
+
+    @property
+    def num_upsamplings(self) -> int:
+        return int(math.log2(self.image_size // 4))
+
+    @property
+    def discriminator_widths(self) -> tuple[int, ...]:
+        return self.d_widths or tuple(self.width * 2**i for i in range(self.num_upsamplings))
+
+    @property
+    def discriminator_strides(self) -> tuple[int, ...]:
+        return self.d_strides or (2,) * len(self.discriminator_widths)
+
+    @property
+    def generator_widths(self) -> tuple[int, ...]:
+        return self.g_widths or tuple(reversed(self.discriminator_widths))[: self.num_upsamplings]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Pretraining optimisation (the paper's defaults: Adam 2e-4, beta1 0.5, batch 128)."""
+
+    epochs: int = 25
+    batch_size: int = 128
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    seed: int = 0
+    device: str = "auto"
+    log_every: int = 20  # steps between metrics.jsonl lines
+    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at epoch ends only
+    num_samples: int = 64  # fixed-noise images in each epoch's sample grid
+
+    def __post_init__(self) -> None:
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise UserError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+        for name in ("epochs", "batch_size", "log_every", "num_samples"):
+            if getattr(self, name) < 1:
+                raise UserError(f"train.{name} must be at least 1")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """Which discriminator blocks become features, and how they are pooled (VISSL-style spec as data)."""
+
+    layers: tuple[str, ...] = ()  # block names, e.g. ("conv1", "conv2"); empty = every conv block
+    grid: int = 4  # each block is max-pooled to grid x grid
+    pool: str = "max"  # max | avg
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.pool not in ("max", "avg"):
+            raise UserError("features.pool must be 'max' or 'avg'")
+        if self.grid < 1:
+            raise UserError("features.grid must be at least 1")
+
+
+@dataclass(frozen=True)
+class SvmConfig:
+    """The linear probe: an L2-regularised squared-hinge SVM, C chosen on a validation split of train."""
+
+    solver: str = "torch"  # torch (full-batch Newton, float32) | liblinear (scikit-learn LinearSVC)
+    c_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
+    val_fraction: float = 0.1
+    max_iter: int = 1000
+    tol: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if self.solver not in ("torch", "liblinear"):
+            raise UserError("svm.solver must be 'torch' or 'liblinear'")
+        if not self.c_grid:
+            raise UserError("svm.c_grid is empty: give at least one C")
+        if any(c <= 0 for c in self.c_grid):
+            raise UserError("every C in svm.c_grid must be positive")
+        if not 0 < self.val_fraction < 1:
+            raise UserError("svm.val_fraction must lie strictly between 0 and 1")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    svm: SvmConfig = field(default_factory=SvmConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/TOML-able dict (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "config") -> "Config":
+        """Build a config from nested dicts, refusing unknown sections and keys."""
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        unknown = set(raw) - set(sections)
+        if unknown:
+            raise UserError(f"{source}: unknown section(s) {sorted(unknown)}; valid: {sorted(sections)}")
+        built = {}
+        for name, section_cls in _section_classes().items():
+            values = raw.get(name, {})
+            if not isinstance(values, Mapping):
+                raise UserError(f"{source}: [{name}] must be a table of keys")
+            built[name] = _build_section(section_cls, name, values, source)
+        return cls(**built)
+
+
+def _section_classes() -> dict[str, type]:
+    return {"data": DataConfig, "model": ModelConfig, "train": TrainConfig,
+            "features": FeatureConfig, "svm": SvmConfig}
+
+
+def _build_section(section_cls: type, name: str, values: Mapping[str, Any], source: str) -> Any:
+    hints = typing.get_type_hints(section_cls)
+    unknown = set(values) - set(hints)
+    if unknown:
+        raise UserError(f"{source}: unknown key(s) {', '.join(f'{name}.{k}' for k in sorted(unknown))}; "
+                        f"valid keys in [{name}]: {', '.join(sorted(hints))}")
+    return section_cls(**{k: _coerce(v, hints[k], f"{name}.{k}", source) for k, v in values.items()})
+
+
+def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
+    """Check ``value`` against the declared type; ints are accepted for floats, lists for tuples."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        (item_type, _) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{source}: {key} must be a list, got {value!r}")
+        return tuple(_coerce(v, item_type, key, source) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool) or hint is int and isinstance(value, bool):
+        raise UserError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
+    if not isinstance(value, hint):
+        raise UserError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
+    return value
+
+
+def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Load ``path`` (TOML, or a run's ``config.json``) over the defaults and apply dotted overrides."""
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        raw, source = read_config_file(path), str(path)
+    return apply_overrides(Config.from_dict(raw, source), overrides or {})
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist")
+    text = path.read_text()
+    try:
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise UserError(f"config file {path} is not valid {path.suffix.lstrip('.') or 'TOML'}: {exc}") from None
+
+
+def apply_overrides(config: Config, overrides: Mapping[str, Any]) -> Config:
+    """Return a new config with ``{"section.key": value}`` overrides applied (values already typed)."""
+    raw = config.to_dict()
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if not key or section not in raw:
+            raise UserError(f"override {dotted!r} must look like section.key with a section in {sorted(raw)}")
+        raw[section][key] = value
+    return Config.from_dict(raw, "override")
+
+
+def parse_set_option(item: str) -> tuple[str, Any]:
+    """Parse one ``--set key=value``; the value is read as a TOML value, else taken as a string."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise UserError(f"--set expects key=value, got {item!r}")
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key.strip(), value

@@ -1,0 +1,143 @@
+"""Frozen-discriminator features: each chosen conv block's post-activation output, pooled to a
+grid x grid map, flattened and concatenated (Radford et al. 2015, section 5.1).
+
+Features are cached on disk keyed by everything that determines them: the checkpoint's sha256, the
+layer/pooling spec, the dataset, split and a fingerprint of its pixels. A cache entry whose stored
+key differs from the requested one is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import FeatureConfig
+from .data import ImageSet, to_model_range
+from .errors import UserError
+from .models import Discriminator
+
+
+@dataclass(frozen=True)
+class PoolingSpec:
+    """Which blocks, pooled how: the whole definition of the feature vector, as data."""
+
+    layers: tuple[str, ...]
+    grid: int
+    pool: str
+
+    @classmethod
+    def from_config(cls, cfg: FeatureConfig, discriminator: Discriminator) -> "PoolingSpec":
+        available = tuple(discriminator.block_shapes)
+        layers = cfg.layers or available
+        unknown = [name for name in layers if name not in available]
+        if unknown:
+            raise UserError(f"features.layers names {unknown}, but this discriminator has {list(available)}")
+        return cls(tuple(layers), cfg.grid, cfg.pool)
+
+    def dimension(self, discriminator: Discriminator) -> int:
+        return sum(discriminator.block_shapes[name][0] * self.grid**2 for name in self.layers)
+
+    def describe(self, discriminator: Discriminator) -> str:
+        parts = [f"{name} {discriminator.block_shapes[name][0]}x{self.grid}x{self.grid}" for name in self.layers]
+        return f"{' + '.join(parts)} = {self.dimension(discriminator):,} features ({self.pool}-pooled)"
+
+
+class FrozenExtractor(nn.Module):
+    """D without its head, pinned to eval mode and run without gradients."""
+
+    def __init__(self, discriminator: Discriminator, spec: PoolingSpec):
+        super().__init__()
+        self.discriminator = discriminator.requires_grad_(False)
+        self.spec = spec
+        super().train(False)
+
+    def train(self, mode: bool = True) -> "FrozenExtractor":
+        # Batch norm must keep its frozen statistics: refuse to leave eval mode.
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        outputs = self.discriminator.block_outputs(x, self.spec.layers)
+        pool = F.adaptive_max_pool2d if self.spec.pool == "max" else F.adaptive_avg_pool2d
+        return torch.cat([pool(outputs[name], self.spec.grid).flatten(1) for name in self.spec.layers], dim=1)
+
+
+def extract(extractor: FrozenExtractor, images: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
+    """Features (N, dim) as float32 for uint8 images (N, C, H, W), in batches."""
+    extractor = extractor.to(device)
+    chunks = [extractor(to_model_range(batch.to(device))).float().cpu().numpy()
+              for batch in images.split(batch_size)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Cached features with the labels and the indices (into the split) of their rows."""
+
+    features: np.ndarray
+    labels: np.ndarray
+    indices: np.ndarray
+    cache_hit: bool
+
+
+def cache_key(checkpoint_sha256: str, spec: PoolingSpec, data: ImageSet, bn_stats: str) -> dict[str, Any]:
+    """Everything that determines the features, as plain JSON values (so it compares equal once stored)."""
+    return json.loads(json.dumps({"checkpoint_sha256": checkpoint_sha256, "spec": asdict(spec), "dataset": data.name,
+            "split": data.split, "num_images": len(data), "data_sha256": data.fingerprint(), "bn_stats": bn_stats}))
+
+
+def cached_features(extractor: FrozenExtractor, data: ImageSet, key: dict[str, Any], cache_dir: str | Path | None,
+                    batch_size: int, device: torch.device) -> FeatureSet:
+    """Load features for ``key`` from ``cache_dir`` if an entry with exactly that key exists, else
+    extract and store them. The feature matrix comes back memory-mapped when cached."""
+    if data.labels is None:
+        raise UserError(f"{data.name} {data.split} has no labels; evaluation needs a labelled dataset")
+    labels = data.labels.numpy()
+    if cache_dir is None:
+        return FeatureSet(extract(extractor, data.images, batch_size, device), labels, np.arange(len(data)), False)
+    entry = Path(cache_dir) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    hit = _read_entry(entry, key)
+    if hit is not None:
+        return hit
+    features = extract(extractor, data.images, batch_size, device)
+    _write_entry(entry, key, features, labels)
+    return FeatureSet(features, labels, np.arange(len(data)), False)
+
+
+def _read_entry(entry: Path, key: dict[str, Any]) -> FeatureSet | None:
+    try:
+        stored = json.loads((entry / "key.json").read_text())
+        features = np.load(entry / "features.npy", mmap_mode="r")
+        labels, indices = np.load(entry / "labels.npy"), np.load(entry / "indices.npy")
+    except (OSError, ValueError):
+        return None  # absent or damaged: recompute
+    if stored != key or features.shape[0] != key["num_images"] or labels.shape[0] != features.shape[0]:
+        return None
+    return FeatureSet(features, labels, indices, True)
+
+
+def _write_entry(entry: Path, key: dict[str, Any], features: np.ndarray, labels: np.ndarray) -> None:
+    """Write the entry in a temporary directory and rename it into place, so it is whole or absent."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
+    try:
+        np.save(tmp / "features.npy", features)
+        np.save(tmp / "labels.npy", labels)
+        np.save(tmp / "indices.npy", np.arange(len(labels)))
+        (tmp / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True))
+        if entry.exists():
+            shutil.rmtree(entry)  # a stale or damaged entry under the same name
+        os.replace(tmp, entry)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

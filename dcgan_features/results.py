@@ -1,0 +1,128 @@
+"""Result files and the report table.
+
+A result is one JSON file per (checkpoint, evaluation dataset, protocol, feature/SVM settings, seed),
+named from that identity, so the same evaluation is never counted twice and never overwritten
+without ``--force``. Each records what is needed to trust and rerun it: the command, git commit,
+config, checkpoint sha256, seed, versions and wall time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shlex
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .artifacts import atomic_path, git_commit, read_json, write_json
+from .config import Config, ModelConfig
+from .errors import UserError
+
+SCHEMA = "dcgan-features/result/v1"
+GROUP_COLUMNS = ["pretrain_data", "architecture", "eval_dataset", "protocol"]
+
+
+def architecture_name(model: ModelConfig) -> str:
+    """A short, stable label such as ``D64-128-256 k4 32px rgb``."""
+    widths = "-".join(str(w) for w in model.discriminator_widths)
+    strides = "" if set(model.discriminator_strides) == {2} else " s" + "".join(map(str, model.discriminator_strides))
+    return f"D{widths} k{model.kernel_size}{strides} {model.image_size}px {'rgb' if model.channels == 3 else 'gray'}"
+
+
+def settings_hash(config: Config) -> str:
+    """Hash of the settings that change an evaluation's outcome besides checkpoint, data and seed."""
+    relevant = {k: config.to_dict()[k] for k in ("features", "svm")}
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def result_path(results_dir: str | Path, *, eval_dataset: str, protocol: str, pretrain_dataset: str,
+                checkpoint_sha256: str, config: Config, seed: int) -> Path:
+    name = (f"{eval_dataset}_{protocol}_{pretrain_dataset}-{checkpoint_sha256[:10]}"
+            f"_{settings_hash(config)}_seed{seed}.json")
+    return Path(results_dir) / name
+
+
+def provenance() -> dict[str, Any]:
+    import numpy
+    import sklearn
+    import torch
+
+    return {
+        "git_commit": git_commit(),
+        "command": "dcgan-features " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name == "dcgan-features" else None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "scikit-learn": sklearn.__version__, "numpy": numpy.__version__},
+        "machine": f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads",
+    }
+
+
+def write_result(path: Path, result: dict[str, Any], force: bool) -> None:
+    if path.exists() and not force:
+        raise UserError(f"result {path} exists; pass --force to replace it")
+    write_json(path, result)
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The C sweep and the single test score, as a small readable table."""
+    lines = [f"{result['eval_dataset']} ({result['protocol']}), checkpoint {result['checkpoint']['sha256'][:12]}, "
+             f"{result['feature_dim']:,} features, seed {result['seed']}",
+             f"  {'C':>10}  {'val acc':>8}"]
+    for row in result["validation"]:
+        mark = "  <- chosen on validation" if row["C"] == result["chosen_C"] else ""
+        lines.append(f"  {row['C']:>10.0e}  {100 * row['val_accuracy']:>7.2f}%{mark}")
+    lines.append(f"  test accuracy at C={result['chosen_C']:.0e}, refit on all {result['n_train']:,} "
+                 f"training images: {100 * result['test_accuracy']:.2f}%  ({result['n_test']:,} test images)")
+    return "\n".join(lines)
+
+
+def load_results(results_dir: str | Path) -> pd.DataFrame:
+    """Every result JSON under ``results_dir`` as one row."""
+    rows = []
+    for path in sorted(Path(results_dir).rglob("*.json")):
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise UserError(f"{path} is not readable JSON; it may be truncated") from None
+        if isinstance(result, dict) and result.get("schema") == SCHEMA:
+            rows.append({"pretrain_data": result["pretrain"]["dataset"],
+                         "architecture": result["pretrain"]["architecture"],
+                         "eval_dataset": result["eval_dataset"], "protocol": result["protocol"],
+                         "accuracy": 100 * result["test_accuracy"], "seed": result["seed"],
+                         "feature_dim": result["feature_dim"], "file": str(path)})
+    if not rows:
+        raise UserError(f"no result files under {results_dir}")
+    return pd.DataFrame(rows)
+
+
+def report_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Mean +- sample std of test accuracy over seeds, and n, per (pretraining, architecture, evaluation)."""
+    grouped = results.groupby(GROUP_COLUMNS, sort=True)
+    table = grouped.agg(mean=("accuracy", "mean"), std=("accuracy", "std"), n=("accuracy", "size"),
+                        feature_dim=("feature_dim", "first")).reset_index()
+    table["accuracy (%)"] = [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}" for m, s, n in
+                             zip(table["mean"], table["std"], table["n"])]
+    return table
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> tuple[str, Path, Path]:
+    """Render the report as Markdown and CSV next to the results (or in ``out_dir``)."""
+    table = report_table(load_results(results_dir))
+    out_dir = Path(out_dir or results_dir)
+    markdown = table[GROUP_COLUMNS + ["accuracy (%)", "n", "feature_dim"]].to_markdown(index=False)
+    md_path, csv_path = out_dir / "report.md", out_dir / "report.csv"
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(markdown + "\n\nTest accuracy; ± is the sample standard deviation over n seeds. "
+                       "C was chosen on a validation split of the training set in every row.\n")
+    with atomic_path(csv_path) as tmp:
+        table.drop(columns=["accuracy (%)"]).to_csv(tmp, index=False, float_format="%.4f")
+    return markdown, md_path, csv_path
+
+
+def read_result(path: str | Path) -> dict[str, Any]:
+    return read_json(path)

@@ -1,0 +1,223 @@
+"""The linear probe: an L2-regularised, squared-hinge (L2-loss) SVM, one-vs-rest.
+
+Two solvers minimise the same objective as liblinear,
+``0.5 * ||w||^2 + C * sum_i max(0, 1 - y_i (w . x_i + b))^2`` per class, with the intercept a
+regularised extra feature of value 1 (liblinear's ``intercept_scaling=1``):
+
+* ``liblinear``: scikit-learn's :class:`~sklearn.svm.LinearSVC` (float64 copies, one thread);
+* ``torch``: :class:`TorchL2SVM`, a full-batch Newton-CG method on float32 in PyTorch with every
+  class in one matrix product, which runs on CPU threads or a GPU and warm-starts along the C grid.
+
+C is chosen on a validation split carved out of the training set (:func:`select_c`, which never
+sees test data), then the model is refit on all training data and scored once on test
+(:func:`fit_and_score`).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import train_test_split
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+
+from .config import SvmConfig
+from .errors import UserError
+
+
+class TorchL2SVM(ClassifierMixin, BaseEstimator):
+    """One-vs-rest L2-loss linear SVM solved by Newton-CG with a backtracking line search.
+
+    Each Newton step solves ``H s = -g`` with the generalised Hessian
+    ``H v = v + 2C X_A^T (X_A v)`` (A: the margin violators) by conjugate gradients, for all classes
+    at once, so one step costs a few (n x d) @ (d x K) products.
+    """
+
+    def __init__(self, C: float = 1.0, tol: float = 1e-4, max_iter: int = 100, device: str = "cpu",
+                 warm_start: bool = False):
+        self.C = C
+        self.tol = tol
+        self.max_iter = max_iter
+        self.device = device
+        self.warm_start = warm_start
+
+    def fit(self, X, y):
+        X_t = torch.as_tensor(np.asarray(X, dtype=np.float32), device=self.device)
+        self.classes_, y_idx = np.unique(np.asarray(y), return_inverse=True)
+        if len(self.classes_) < 2:
+            raise UserError("the SVM needs at least two classes in its training data")
+        Y = -torch.ones(X_t.shape[0], len(self.classes_), device=self.device)
+        Y[torch.arange(X_t.shape[0]), torch.as_tensor(y_idx, device=self.device)] = 1.0
+        W = torch.zeros(X_t.shape[1] + 1, len(self.classes_), device=self.device)  # last row: intercept
+        if self.warm_start and getattr(self, "coef_", None) is not None and self.coef_.shape == W[:-1].T.shape:
+            W[:-1], W[-1] = torch.as_tensor(self.coef_.T), torch.as_tensor(self.intercept_)
+        W, self.n_iter_ = _newton_cg(X_t, Y, W, self.C, self.tol, self.max_iter)
+        self.coef_, self.intercept_ = W[:-1].T.cpu().numpy(), W[-1].cpu().numpy()
+        return self
+
+    def decision_function(self, X):
+        return np.asarray(X, dtype=np.float32) @ self.coef_.T + self.intercept_
+
+    def predict(self, X):
+        return self.classes_[np.argmax(self.decision_function(X), axis=1)]
+
+
+def l2svm_objective(X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: np.ndarray, C: float,
+                    classes: np.ndarray) -> float:
+    """liblinear's primal objective summed over the one-vs-rest classes (float64), for comparisons."""
+    Y = np.where(np.asarray(y)[:, None] == classes[None, :], 1.0, -1.0)
+    margins = np.maximum(0.0, 1.0 - Y * (X.astype(np.float64) @ coef.T.astype(np.float64) + intercept))
+    return float(0.5 * (np.sum(coef.astype(np.float64) ** 2) + np.sum(intercept.astype(np.float64) ** 2))
+                 + C * np.sum(margins**2))
+
+
+def _scores(X: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    return torch.addmm(W[-1:], X, W[:-1])
+
+
+def _objective(X, Y, W, C):
+    """Per-class objective (K,), gradient and the active (margin-violating) mask."""
+    slack = 1.0 - Y * _scores(X, W)
+    active = (slack > 0).to(X.dtype)
+    residual = -Y * slack * active  # d/dz of 0.5 * slack^2 where active
+    grad = W.clone()
+    grad[:-1] += 2 * C * (X.T @ residual)
+    grad[-1] += 2 * C * residual.sum(0)
+    per_class = 0.5 * (W.double() ** 2).sum(0) + C * ((slack * active).double() ** 2).sum(0)
+    return per_class, grad, active
+
+
+def _hessian_product(X, active, V, C):
+    XV = _scores(X, V) * active
+    HV = V.clone()
+    HV[:-1] += 2 * C * (X.T @ XV)
+    HV[-1] += 2 * C * XV.sum(0)
+    return HV
+
+
+def _conjugate_gradient(X, active, grad, C, max_iter: int, rel_tol: float = 0.1):
+    """Solve H S = -grad column by column (all columns in the same products), to a relative residual."""
+    S = torch.zeros_like(grad)
+    R = -grad.clone()
+    P = R.clone()
+    rr = (R * R).sum(0)
+    stop = rel_tol**2 * rr
+    for _ in range(max_iter):
+        if bool((rr <= stop).all()):
+            break
+        HP = _hessian_product(X, active, P, C)
+        alpha = rr / (P * HP).sum(0).clamp_min(1e-30)
+        alpha = torch.where(rr <= stop, torch.zeros_like(alpha), alpha)  # converged columns stay put
+        S += alpha * P
+        R -= alpha * HP
+        rr_new = (R * R).sum(0)
+        P = R + (rr_new / rr.clamp_min(1e-30)) * P
+        rr = rr_new
+    return S
+
+
+def _newton_cg(X, Y, W, C: float, tol: float, max_iter: int):
+    """Minimise every class's objective; stop when ||grad|| <= tol * ||grad at w = 0|| for each class."""
+    n = X.shape[0]
+    grad0_norm = (2 * C * torch.cat([X.T @ Y, Y.sum(0, keepdim=True)])).norm(dim=0)  # gradient at W = 0
+    for iteration in range(1, max_iter + 1):
+        f, grad, active = _objective(X, Y, W, C)
+        if bool((grad.norm(dim=0) <= tol * grad0_norm).all()):
+            return W, iteration - 1
+        S = _conjugate_gradient(X, active, grad, C, max_iter=min(250, n))
+        W = _line_search(X, Y, W, S, grad, f, C)
+    return W, max_iter
+
+
+def _line_search(X, Y, W, S, grad, f, C, shrink: float = 0.5, armijo: float = 0.01):
+    """Backtracking per class from the full Newton step; the scores along S are one product."""
+    Z, U = _scores(X, W), _scores(X, S)
+    slope = (grad * S).sum(0).double()
+    step = torch.ones(W.shape[1], dtype=torch.float64, device=W.device)
+    for _ in range(30):
+        W_try = W + step.to(W.dtype) * S
+        slack = (1.0 - Y * (Z + step.to(W.dtype) * U)).clamp_min(0)
+        f_try = 0.5 * (W_try.double() ** 2).sum(0) + C * (slack.double() ** 2).sum(0)
+        ok = f_try <= f + armijo * step * slope
+        if bool(ok.all()):
+            break
+        step = torch.where(ok, step, step * shrink)
+    return W + step.to(W.dtype) * S
+
+
+def make_classifier(cfg: SvmConfig, C: float, device: str = "cpu"):
+    """The configured solver at one C, as a scikit-learn estimator."""
+    if cfg.solver == "liblinear":
+        return LinearSVC(C=C, penalty="l2", loss="squared_hinge", dual="auto", tol=cfg.tol, max_iter=cfg.max_iter)
+    return TorchL2SVM(C=C, tol=cfg.tol, max_iter=cfg.max_iter, device=device, warm_start=True)
+
+
+ClassifierFactory = Callable[[float], BaseEstimator]
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The outcome of the C sweep on the validation split."""
+
+    best_c: float
+    table: list[dict]  # [{"C": ..., "val_accuracy": ..., "fit_seconds": ...}] in grid order
+    n_fit: int
+    n_val: int
+
+
+def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified (fit, validation) row indices into the training set, identical for the same seed."""
+    rows = np.arange(len(labels))
+    try:
+        fit_rows, val_rows = train_test_split(rows, test_size=fraction, random_state=seed, stratify=labels)
+    except ValueError as exc:
+        raise UserError(f"cannot carve a stratified validation split from {len(labels)} training images: {exc}") from None
+    return np.sort(fit_rows), np.sort(val_rows)
+
+
+def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Scale with statistics of ``train`` only; float32 in, float32 out."""
+    scaler = StandardScaler().fit(train)
+    return [scaler.transform(a).astype(np.float32, copy=False) for a in (train, *others)]
+
+
+def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int,
+             factory: ClassifierFactory) -> Selection:
+    """Choose C by accuracy on a validation split of the training set. Takes no test data by design.
+
+    The grid is swept from small to large C so a warm-starting solver starts near its answer;
+    ties go to the smaller C (the stronger regularisation)."""
+    fit_rows, val_rows = validation_split(labels, cfg.val_fraction, seed)
+    x_fit, x_val = standardise(features[fit_rows], features[val_rows])
+    y_fit, y_val = labels[fit_rows], labels[val_rows]
+    table, model = {}, None
+    for C in sorted(cfg.c_grid):
+        start = time.perf_counter()
+        model = _refit(model, factory, C).fit(x_fit, y_fit)
+        accuracy = float(np.mean(model.predict(x_val) == y_val))
+        table[C] = {"C": C, "val_accuracy": accuracy, "fit_seconds": round(time.perf_counter() - start, 3)}
+    best = max(sorted(table), key=lambda c: table[c]["val_accuracy"])
+    return Selection(best, [table[C] for C in cfg.c_grid], len(fit_rows), len(val_rows))
+
+
+def _refit(previous, factory: ClassifierFactory, C: float):
+    """Reuse the previous estimator (keeping its solution for warm starts) where it supports that."""
+    if previous is not None and getattr(previous, "warm_start", False):
+        return previous.set_params(C=C)
+    return factory(C)
+
+
+def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
+                  C: float, factory: ClassifierFactory) -> dict:
+    """Refit on the whole training set at ``C`` and score the test set, once."""
+    x_train, x_test = standardise(train_x, test_x)
+    start = time.perf_counter()
+    model = factory(C).fit(x_train, train_y)
+    fit_seconds = time.perf_counter() - start
+    accuracy = float(np.mean(model.predict(x_test) == test_y))
+    return {"test_accuracy": accuracy, "fit_seconds": round(fit_seconds, 3)}

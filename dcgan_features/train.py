@@ -1,0 +1,305 @@
+"""DCGAN pretraining (``dcgan-features pretrain``).
+
+A run directory holds::
+
+    config.json            the resolved config (the run's identity: a resume must match it)
+    metrics.jsonl          one JSON line per logged step and per epoch
+    samples/epoch_NNN.png  the fixed-noise sample grid after each epoch
+    checkpoint.pt          the latest full training state (also written every train.checkpoint_every steps)
+    checkpoints/epoch_NNN.pt  the full training state after each epoch
+    discriminator.pt       D's weights and config, written when the run finishes
+
+The epoch's data order is a pure function of (seed, epoch) and the noise generator's state is
+checkpointed, so a run resumed from any checkpoint replays exactly the steps it would have taken.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
+
+from .artifacts import append_jsonl, atomic_path, read_json, write_json
+from .checkpoint import (DISCRIMINATOR_FILE, TRAINING_FILE, config_of, load_checkpoint, load_state,
+                         save_checkpoint)
+from .config import Config
+from .data import ImageSet, load_images, to_model_range
+from .errors import UserError
+from .models import Discriminator, Generator, build_models, sample_noise
+
+Echo = Callable[[str], None]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for ``cuda`` without a GPU is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def seeded_generator(*words: int) -> torch.Generator:
+    """An independent CPU generator for one purpose (data order, noise, ...) derived from the seed."""
+    seed = int(np.random.SeedSequence(list(words)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
+
+
+@dataclass
+class TrainingState:
+    """Everything that changes during training; a checkpoint is exactly this plus the config."""
+
+    generator: Generator
+    discriminator: Discriminator
+    opt_g: torch.optim.Adam
+    opt_d: torch.optim.Adam
+    noise_rng: torch.Generator
+    fixed_noise: torch.Tensor
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps completed inside the current epoch
+    global_step: int = 0
+
+    def to_payload(self, config: Config, finished: bool) -> dict:
+        cpu = lambda sd: {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in sd.items()}  # noqa: E731
+        return {
+            "kind": "training", "config": config.to_dict(), "finished": finished,
+            "generator": cpu(self.generator.state_dict()), "discriminator": cpu(self.discriminator.state_dict()),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "epoch": self.epoch, "step": self.step, "global_step": self.global_step,
+            "rng": {"noise": self.noise_rng.get_state(), "torch": torch.get_rng_state()},
+            "fixed_noise": self.fixed_noise,
+        }
+
+
+def new_state(config: Config, device: torch.device) -> TrainingState:
+    torch.manual_seed(config.train.seed)  # model initialisation
+    g, d = build_models(config.model)
+    g, d = g.to(device), d.to(device)
+    tc = config.train
+    return TrainingState(
+        generator=g, discriminator=d,
+        opt_g=torch.optim.Adam(g.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2)),
+        opt_d=torch.optim.Adam(d.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2)),
+        noise_rng=seeded_generator(tc.seed, 1),
+        fixed_noise=sample_noise(tc.num_samples, config.model, seeded_generator(tc.seed, 2)),
+    )
+
+
+def restore_state(payload: dict, config: Config, device: torch.device, source: str) -> TrainingState:
+    state = new_state(config, device)
+    load_state(state.generator, payload["generator"], source, "generator")
+    load_state(state.discriminator, payload["discriminator"], source, "discriminator")
+    state.opt_g.load_state_dict(payload["opt_g"])
+    state.opt_d.load_state_dict(payload["opt_d"])
+    state.noise_rng.set_state(payload["rng"]["noise"])
+    torch.set_rng_state(payload["rng"]["torch"])
+    state.fixed_noise = payload["fixed_noise"]
+    state.epoch, state.step, state.global_step = payload["epoch"], payload["step"], payload["global_step"]
+    return state
+
+
+def prepare_run(run_dir: Path, config: Config, force: bool) -> dict | None:
+    """Create the run directory or check that ``config`` matches the run already in it.
+
+    Returns the checkpoint payload to resume from, or None for a fresh run."""
+    config_path = run_dir / "config.json"
+    if force and config_path.exists():
+        for name in (TRAINING_FILE, DISCRIMINATOR_FILE, "metrics.jsonl", "config.json"):
+            (run_dir / name).unlink(missing_ok=True)
+        for name in ("checkpoints", "samples"):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+    if config_path.exists():
+        stored = config_of({"config": read_json(config_path)}, str(config_path))
+        changed = _changed_keys(stored, config, ignore={"train.epochs", "train.device", "data.root"})
+        if changed:
+            raise UserError(f"run {run_dir} was started with a different config ({', '.join(changed)}); "
+                            "resume it unchanged, choose a new --out, or pass --force to start over")
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise UserError(f"{run_dir} exists and is not a dcgan-features run; choose a new --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(config_path, config.to_dict())
+    if (run_dir / TRAINING_FILE).exists():
+        return load_checkpoint(run_dir / TRAINING_FILE)
+    return None
+
+
+def _changed_keys(old: Config, new: Config, ignore: set[str]) -> list[str]:
+    a, b = old.to_dict(), new.to_dict()
+    keys = [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s][k]]
+    return [f"{k}: {_get(a, k)!r} -> {_get(b, k)!r}" for k in keys if k not in ignore]
+
+
+def _get(d: dict, dotted: str):
+    section, key = dotted.split(".")
+    return d[section][key]
+
+
+def pretrain(config: Config, run_dir: str | Path, *, force: bool = False, echo: Echo = print) -> Path:
+    """Train (or resume) a DCGAN in ``run_dir``; returns the path of the final ``discriminator.pt``."""
+    run_dir = Path(run_dir)
+    device = resolve_device(config.train.device)
+    payload = prepare_run(run_dir, config, force)
+    data = load_images(config.data.dataset, config.data.root, "train", image_size=config.model.image_size,
+                       channels=config.model.channels, download=config.data.download)
+    steps_per_epoch = len(data) // config.train.batch_size
+    if steps_per_epoch == 0:
+        raise UserError(f"{config.data.dataset} has {len(data)} training images, fewer than one batch "
+                        f"of {config.train.batch_size}; lower --batch-size")
+    if payload is None:
+        state = new_state(config, device)
+    else:
+        state = restore_state(payload, config, device, str(run_dir / TRAINING_FILE))
+        _truncate_metrics(run_dir / "metrics.jsonl", state.global_step)
+        if state.epoch < config.train.epochs:
+            echo(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}")
+    if state.epoch < config.train.epochs:
+        echo(f"pretraining on {config.data.dataset} ({len(data):,} images, {steps_per_epoch} steps/epoch) "
+             f"on {device}, {config.train.epochs} epochs -> {run_dir}")
+    trained = state.epoch < config.train.epochs
+    while state.epoch < config.train.epochs:
+        train_epoch(state, data, config, device, run_dir, steps_per_epoch)
+        end_epoch(state, config, run_dir)
+    return finish_run(state, config, run_dir, echo, rewrite=trained)
+
+
+def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: torch.device,
+                run_dir: Path, steps_per_epoch: int) -> None:
+    """Run the remaining steps of epoch ``state.epoch`` (from ``state.step``, so resumes are exact)."""
+    tc = config.train
+    order = torch.randperm(len(data), generator=seeded_generator(tc.seed, 0, state.epoch))
+    meter = ThroughputMeter()
+    label = f"epoch {state.epoch + 1}/{tc.epochs}"
+    with _progress(steps_per_epoch, state.step, label, meter) as bar:
+        while state.step < steps_per_epoch:
+            index = order[state.step * tc.batch_size:(state.step + 1) * tc.batch_size]
+            real = to_model_range(data.images[index].to(device, non_blocking=True))
+            stats = train_step(state, real, config, device)
+            state.step += 1
+            state.global_step += 1
+            meter.update(len(index))
+            bar.update(1)
+            if state.global_step % tc.log_every == 0 or state.step == steps_per_epoch:
+                log_step(state, stats, meter, run_dir)
+            if tc.checkpoint_every and state.global_step % tc.checkpoint_every == 0:
+                write_training_checkpoint(state, config, run_dir)
+
+
+def train_step(state: TrainingState, real: torch.Tensor, config: Config, device: torch.device) -> dict:
+    """One discriminator and one generator update (non-saturating loss, BCE with logits)."""
+    g, d = state.generator, state.discriminator
+    z = sample_noise(real.shape[0], config.model, state.noise_rng).to(device)
+    ones = torch.ones(real.shape[0], device=device)
+    zeros = torch.zeros(real.shape[0], device=device)
+    fake = g(z)
+    # D sees real and fake in separate batches, so each gets its own batch-norm statistics.
+    state.opt_d.zero_grad(set_to_none=True)
+    logits_real, logits_fake = d(real), d(fake.detach())
+    loss_d = F.binary_cross_entropy_with_logits(logits_real, ones) + \
+        F.binary_cross_entropy_with_logits(logits_fake, zeros)
+    loss_d.backward()
+    state.opt_d.step()
+    state.opt_g.zero_grad(set_to_none=True)
+    logits_g = d(fake)
+    loss_g = F.binary_cross_entropy_with_logits(logits_g, ones)
+    loss_g.backward()
+    state.opt_g.step()
+    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_x": torch.sigmoid(logits_real).mean().detach(),
+            "d_g_z": torch.sigmoid(logits_fake).mean().detach()}
+
+
+class ThroughputMeter:
+    """Images per second since the last report, and the total rate for the progress bar."""
+
+    def __init__(self) -> None:
+        self.start = self.mark = time.perf_counter()
+        self.images = self.images_since_mark = 0
+
+    def update(self, n: int) -> None:
+        self.images += n
+        self.images_since_mark += n
+
+    def rate(self) -> float:
+        return self.images / max(time.perf_counter() - self.start, 1e-9)
+
+    def rate_since_mark(self) -> float:
+        now = time.perf_counter()
+        rate = self.images_since_mark / max(now - self.mark, 1e-9)
+        self.mark, self.images_since_mark = now, 0
+        return rate
+
+
+def _progress(length: int, done: int, label: str, meter: ThroughputMeter):
+    import click
+
+    bar = click.progressbar(length=length, label=label, show_eta=True, show_percent=False, show_pos=True,
+                            item_show_func=lambda _: f"{meter.rate():.0f} img/s", file=sys.stderr)
+    bar.pos = done  # a resumed epoch starts part-way
+    return bar
+
+
+def log_step(state: TrainingState, stats: dict, meter: ThroughputMeter, run_dir: Path) -> None:
+    values = {k: float(v) for k, v in stats.items()}
+    if not all(np.isfinite(v) for v in values.values()):
+        raise UserError(f"training diverged at epoch {state.epoch + 1}, step {state.step} "
+                        f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); "
+                        f"the last good checkpoint is {run_dir / TRAINING_FILE}")
+    append_jsonl(run_dir / "metrics.jsonl", {
+        "epoch": state.epoch + 1, "step": state.step, "global_step": state.global_step,
+        **{k: round(v, 6) for k, v in values.items()}, "img_per_s": round(meter.rate_since_mark(), 1),
+        "time": round(time.time(), 3)})
+
+
+def _truncate_metrics(path: Path, global_step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from; those steps are replayed."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("global_step", 0) <= global_step]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def end_epoch(state: TrainingState, config: Config, run_dir: Path) -> None:
+    state.epoch, state.step = state.epoch + 1, 0
+    save_samples(state, run_dir / "samples" / f"epoch_{state.epoch:03d}.png")
+    write_training_checkpoint(state, config, run_dir)
+    save_checkpoint(run_dir / "checkpoints" / f"epoch_{state.epoch:03d}.pt",
+                    state.to_payload(config, finished=state.epoch >= config.train.epochs))
+
+
+def write_training_checkpoint(state: TrainingState, config: Config, run_dir: Path) -> None:
+    bad = [n for m in (state.generator, state.discriminator) for n, p in m.named_parameters()
+           if not torch.isfinite(p).all()]
+    if bad:
+        raise UserError(f"training diverged: non-finite weights in {bad[0]} at epoch {state.epoch + 1}; "
+                        f"kept the last good checkpoint {run_dir / TRAINING_FILE}")
+    save_checkpoint(run_dir / TRAINING_FILE, state.to_payload(config, finished=state.epoch >= config.train.epochs))
+
+
+@torch.no_grad()
+def save_samples(state: TrainingState, path: Path) -> None:
+    """The fixed-noise grid, drawn with G in eval mode so sampling never touches its BN statistics."""
+    g = state.generator
+    g.eval()
+    images = g(state.fixed_noise.to(next(g.parameters()).device))
+    g.train()
+    with atomic_path(path) as tmp:
+        save_image(images.float().cpu(), tmp, format="png", nrow=8, normalize=True, value_range=(-1, 1))
+
+
+def finish_run(state: TrainingState, config: Config, run_dir: Path, echo: Echo, rewrite: bool) -> Path:
+    path = run_dir / DISCRIMINATOR_FILE
+    if rewrite or not path.exists():
+        d_state = {k: v.detach().cpu() for k, v in state.discriminator.state_dict().items()}
+        save_checkpoint(path, {"kind": "discriminator", "config": config.to_dict(), "discriminator": d_state,
+                               "epoch": state.epoch, "global_step": state.global_step})
+    echo(f"run {run_dir} complete after {state.epoch} epochs; discriminator: {path}")
+    return path

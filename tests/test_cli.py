@@ -1,0 +1,88 @@
+"""The real console script end to end, and the one-line answers to bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from dcgan_features.cli import cli
+
+ROOT = Path(__file__).parents[1]
+TINY = ["--set", "model.width=8", "--set", "train.log_every=5"]
+
+
+def run_cli(*args, cwd):
+    exe = shutil.which("dcgan-features") or str(Path(sys.executable).parent / "dcgan-features")
+    done = subprocess.run([exe, *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("dataset,extra", [("fake", ["--epochs", "2"]),
+                                           ("digits", ["--config", ROOT / "configs" / "digits.toml", "--epochs", "2"])])
+def test_pretrain_evaluate_report_end_to_end(dataset, extra, tmp_path):
+    run_cli("pretrain", "--dataset", dataset, "--out", "runs/a", "--batch-size", "64", *extra, *TINY, cwd=tmp_path)
+    assert (tmp_path / "runs/a/discriminator.pt").is_file()
+    out = run_cli("evaluate", "--checkpoint", "runs/a", "--dataset", dataset, "--results-dir", "res",
+                  "--cache-dir", "cache", "--svm", "torch", "--set", "svm.c_grid=[1e-3, 1e-1]", cwd=tmp_path)
+    assert "chosen on validation" in out and "test accuracy" in out
+    (result_file,) = (tmp_path / "res").glob("*.json")
+    result = json.loads(result_file.read_text())
+    assert result["test_accuracy"] > 0.5  # ten classes: chance is 0.1
+    assert result["chosen_C"] in (1e-3, 1e-1) and len(result["validation"]) == 2
+    assert result["checkpoint"]["sha256"] and result["git_commit"] and result["command"].startswith("dcgan-features")
+    assert result["config"]["model"]["width"] == 8 and result["timings"]["total_s"] > 0
+    # a second evaluate reuses the result instead of overwriting it
+    again = run_cli("evaluate", "--checkpoint", "runs/a", "--dataset", dataset, "--results-dir", "res",
+                    "--cache-dir", "cache", "--svm", "torch", "--set", "svm.c_grid=[1e-3, 1e-1]", cwd=tmp_path)
+    assert "already evaluated" in again
+    report = run_cli("report", "res", cwd=tmp_path)
+    assert dataset in report and (tmp_path / "res/report.csv").is_file()
+
+
+def fail(*args):
+    result = CliRunner().invoke(cli, [str(a) for a in args])
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert "Traceback" not in result.output
+    return lines[0]
+
+
+@pytest.fixture
+def tiny_run(tmp_path):
+    CliRunner().invoke(cli, ["pretrain", "--dataset", "fake", "--epochs", "1", "--out", str(tmp_path / "run"), *TINY],
+                       catch_exceptions=False)
+    return tmp_path / "run"
+
+
+def test_bad_input_gets_one_line(tmp_path, tiny_run):
+    assert "unknown dataset 'imagenet'" in fail("pretrain", "--dataset", "imagenet", "--out", tmp_path / "x")
+    assert "unknown dataset" in fail("evaluate", "--checkpoint", tiny_run, "--dataset", "imagenet")
+    assert "--download" in fail("pretrain", "--dataset", "cifar10", "--data-root", tmp_path / "nothing",
+                                "--out", tmp_path / "y")
+    assert "--download" in fail("evaluate", "--checkpoint", tiny_run, "--dataset", "svhn",
+                                "--data-root", tmp_path / "nothing", "--cache-dir", tmp_path / "c")
+    assert "unknown key" in fail("pretrain", "--set", "train.lr_decay=3", "--out", tmp_path / "z")
+    assert "must be int" in fail("pretrain", "--set", "train.epochs=many", "--out", tmp_path / "z")
+    assert "config file" in fail("pretrain", "--config", tmp_path / "missing.toml")
+    assert "does not exist" in fail("evaluate", "--checkpoint", tmp_path / "missing.pt")
+    assert "architecture" in fail("evaluate", "--checkpoint", tiny_run, "--config", ROOT / "configs" / "cifar10.toml")
+    assert "c_grid is empty" in fail("evaluate", "--checkpoint", tiny_run, "--set", "svm.c_grid=[]")
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "readme.txt").write_text("not an image")
+    assert "non-image" in fail("pretrain", "--dataset", "folder", "--data-root", tmp_path / "imgs",
+                               "--out", tmp_path / "f")
+    if not torch.cuda.is_available():
+        assert "no CUDA GPU" in fail("pretrain", "--device", "cuda", "--dataset", "fake", "--out", tmp_path / "g")
+
+
+def test_corrupt_checkpoint_gets_one_line(tmp_path, tiny_run):
+    data = (tiny_run / "discriminator.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[:1000])
+    assert "truncated or corrupt" in fail("evaluate", "--checkpoint", tmp_path / "cut.pt")

@@ -1,0 +1,64 @@
+from pathlib import Path
+
+import pytest
+
+from dcgan_features.config import Config, apply_overrides, load_config, parse_set_option
+from dcgan_features.errors import UserError
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+
+
+def test_defaults_round_trip_through_dict():
+    config = Config()
+    assert Config.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    load_config(path)
+
+
+def test_unknown_key_is_refused(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[train]\nepoch = 3\n")
+    with pytest.raises(UserError, match="unknown key.*train.epoch"):
+        load_config(path)
+
+
+def test_unknown_section_and_override_are_refused():
+    with pytest.raises(UserError, match="unknown section"):
+        Config.from_dict({"optimiser": {}})
+    with pytest.raises(UserError, match="unknown key"):
+        apply_overrides(Config(), {"train.learning_rate": 1e-3})
+
+
+def test_wrong_type_is_refused():
+    with pytest.raises(UserError, match="train.epochs must be int"):
+        apply_overrides(Config(), {"train.epochs": "ten"})
+    with pytest.raises(UserError, match="must be bool"):
+        apply_overrides(Config(), {"data.download": 1})
+
+
+def test_set_option_values_are_typed():
+    assert parse_set_option("train.lr=1e-3") == ("train.lr", 1e-3)
+    assert parse_set_option("features.layers=['conv1','conv3']") == ("features.layers", ["conv1", "conv3"])
+    assert parse_set_option("data.root=/tmp/x") == ("data.root", "/tmp/x")
+    config = apply_overrides(Config(), dict([parse_set_option("train.lr=1")]))
+    assert config.train.lr == 1.0 and isinstance(config.train.lr, float)
+
+
+def test_configs_are_frozen():
+    with pytest.raises(Exception):
+        Config().train.epochs = 3
+
+
+def test_empty_c_grid_and_bad_architecture_are_refused():
+    with pytest.raises(UserError, match="c_grid is empty"):
+        apply_overrides(Config(), {"svm.c_grid": []})
+    with pytest.raises(UserError, match="power of two"):
+        apply_overrides(Config(), {"model.image_size": 48})
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "nope.toml")

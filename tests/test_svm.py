@@ -1,0 +1,112 @@
+import numpy as np
+import pytest
+from sklearn.svm import LinearSVC
+
+from dcgan_features.config import SvmConfig
+from dcgan_features.errors import UserError
+from dcgan_features.svm import (TorchL2SVM, fit_and_score, l2svm_objective, make_classifier, select_c,
+                                standardise, validation_split)
+
+
+def blobs(n=600, d=40, classes=5, seed=0, noise=2.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(classes, d))
+    y = np.arange(n) % classes
+    return (centres[y] + noise * rng.normal(size=(n, d))).astype(np.float32), y
+
+
+def total_objective(model, X, y, C):
+    return sum(l2svm_objective(X, y, model.coef_[k:k + 1], model.intercept_[k:k + 1], C, model.classes_[k:k + 1])
+               for k in range(len(model.classes_)))
+
+
+@pytest.mark.parametrize("C", [1e-3, 1e-1, 1.0])
+def test_torch_solver_agrees_with_liblinear(C):
+    X, y = blobs()
+    X_train, X_test = standardise(X[:450], X[450:])
+    ours = TorchL2SVM(C=C, tol=1e-5).fit(X_train, y[:450])
+    reference = LinearSVC(C=C, dual="auto", tol=1e-8, max_iter=100_000).fit(X_train, y[:450])
+    ours_obj, ref_obj = total_objective(ours, X_train, y[:450], C), total_objective(reference, X_train, y[:450], C)
+    assert abs(ours_obj - ref_obj) / ref_obj < 1e-3
+    assert abs(np.mean(ours.predict(X_test) == y[450:]) - np.mean(reference.predict(X_test) == y[450:])) <= 0.003
+
+
+def test_warm_start_reaches_the_same_solution():
+    X, y = blobs()
+    cold = TorchL2SVM(C=0.1, tol=1e-6).fit(X, y)
+    warm = TorchL2SVM(C=0.01, tol=1e-6, warm_start=True).fit(X, y).set_params(C=0.1).fit(X, y)
+    np.testing.assert_allclose(warm.coef_, cold.coef_, rtol=1e-3, atol=1e-5)
+
+
+def test_validation_split_is_stratified_disjoint_and_seeded():
+    y = np.arange(1000) % 10
+    fit, val = validation_split(y, 0.1, seed=3)
+    assert len(np.intersect1d(fit, val)) == 0 and len(fit) + len(val) == 1000
+    assert np.all(np.bincount(y[val]) == 10)
+    again, other = validation_split(y, 0.1, seed=3), validation_split(y, 0.1, seed=4)
+    assert np.array_equal(again[1], val) and not np.array_equal(other[1], val)
+
+
+class Spy:
+    """Wraps an estimator factory and records every array handed to fit and predict."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def __call__(self, C):
+        spy = self
+
+        class Recorded:
+            warm_start = False
+
+            def fit(self, X, y):
+                spy.calls.append(("fit", C, X.shape[0]))
+                self.model = spy.inner(C).fit(X, y)
+                return self
+
+            def predict(self, X):
+                spy.calls.append(("predict", C, X.shape[0]))
+                return self.model.predict(X)
+
+        return Recorded()
+
+
+def test_c_is_never_chosen_with_test_data():
+    """Test rows reach the classifier exactly once, after the last fit, at the C that won on validation;
+    and the choice is identical whatever the test set holds."""
+    X, y = blobs(n=700, noise=3.0)
+    X_test, y_test = X[600:], y[600:]
+    cfg = SvmConfig(solver="torch", c_grid=(1e-4, 1e-2, 1.0), val_fraction=0.2)
+    spy = Spy(lambda C: make_classifier(cfg, C))
+    selection = select_c(X[:600], y[:600], cfg, seed=0, factory=spy)
+    fit_and_score(X[:600], y[:600], X_test, y_test, selection.best_c, spy)
+    test_calls = [c for c in spy.calls if c == ("predict", selection.best_c, len(X_test))]
+    assert len(test_calls) == 1 and spy.calls[-1] == test_calls[0]
+    assert spy.calls[-2] == ("fit", selection.best_c, 600)
+    assert all(n != len(X_test) for kind, _, n in spy.calls[:-1])
+    best_on_val = max(selection.table, key=lambda row: row["val_accuracy"])["val_accuracy"]
+    assert [r["val_accuracy"] for r in selection.table if r["C"] == selection.best_c] == [best_on_val]
+    # selection depends on training data only: a different "test" set cannot move it
+    again = select_c(X[:600], y[:600], cfg, seed=0, factory=lambda C: make_classifier(cfg, C))
+    assert again.best_c == selection.best_c
+    assert [r["val_accuracy"] for r in again.table] == [r["val_accuracy"] for r in selection.table]
+
+
+def test_standardise_uses_training_statistics_only():
+    train = np.array([[0.0], [2.0]], np.float32)
+    test = np.array([[100.0]], np.float32)
+    scaled_train, scaled_test = standardise(train, test)
+    np.testing.assert_allclose(scaled_train.ravel(), [-1, 1])
+    np.testing.assert_allclose(scaled_test.ravel(), [99])
+
+
+def test_single_class_is_refused():
+    with pytest.raises(UserError, match="two classes"):
+        TorchL2SVM().fit(np.zeros((4, 2), np.float32), np.zeros(4))
+
+
+def test_liblinear_path_runs():
+    X, y = blobs(n=300)
+    cfg = SvmConfig(solver="liblinear", c_grid=(1e-2,))
+    selection = select_c(X, y, cfg, 0, lambda C: make_classifier(cfg, C))
+    assert selection.best_c == 1e-2 and selection.table[0]["val_accuracy"] > 0.8

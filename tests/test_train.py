@@ -1,0 +1,115 @@
+import json
+
+import pytest
+import torch
+
+import dcgan_features.train as train_module
+from dcgan_features.checkpoint import load_checkpoint, load_discriminator, resolve_checkpoint, save_checkpoint
+from dcgan_features.config import apply_overrides
+from dcgan_features.errors import UserError
+from dcgan_features.train import pretrain
+
+
+def weights(run_dir):
+    payload = load_checkpoint(run_dir / "checkpoint.pt")
+    return {**{f"g.{k}": v for k, v in payload["generator"].items()},
+            **{f"d.{k}": v for k, v in payload["discriminator"].items()}}
+
+
+def test_run_directory_contents(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    pretrain(tiny_config, run, echo=lambda s: None)
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "discriminator.pt",
+                 "samples/epoch_001.png", "samples/epoch_002.png", "checkpoints/epoch_002.pt"):
+        assert (run / name).is_file(), name
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss_d", "loss_g", "d_x", "d_g_z", "img_per_s"} <= set(lines[0])
+    assert json.loads((run / "config.json").read_text()) == tiny_config.to_dict()
+    payload = load_checkpoint(run / "checkpoint.pt")
+    assert {"generator", "discriminator", "opt_g", "opt_d", "epoch", "rng", "config"} <= set(payload)
+    assert payload["epoch"] == 2 and payload["finished"]
+
+
+def test_interrupted_run_resumes_bitwise(tiny_config, tmp_path, monkeypatch):
+    config = apply_overrides(tiny_config, {"train.checkpoint_every": 3})
+    pretrain(config, tmp_path / "straight", echo=lambda s: None)
+
+    real_step, calls = train_module.train_step, {"n": 0}
+
+    def dies_at_step_14(*args):
+        calls["n"] += 1
+        if calls["n"] == 14:  # mid epoch 2; the last checkpoint was at step 12
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(train_module, "train_step", dies_at_step_14)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, tmp_path / "resumed", echo=lambda s: None)
+    assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["global_step"] == 12
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    pretrain(config, tmp_path / "resumed", echo=lambda s: None)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(line)["global_step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # replayed steps are logged once
+
+
+def test_resume_with_another_config_is_refused(tiny_config, tmp_path):
+    pretrain(tiny_config, tmp_path / "run", echo=lambda s: None)
+    with pytest.raises(UserError, match="different config.*model.width"):
+        pretrain(apply_overrides(tiny_config, {"model.width": 16}), tmp_path / "run", echo=lambda s: None)
+
+
+def test_divergence_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    pretrain(apply_overrides(tiny_config, {"train.epochs": 1}), run, echo=lambda s: None)
+    good = (run / "checkpoint.pt").read_bytes()
+    real_step = train_module.train_step
+
+    def nan_step(*args):
+        stats = real_step(*args)
+        return {**stats, "loss_d": torch.tensor(float("nan"))}
+
+    monkeypatch.setattr(train_module, "train_step", nan_step)
+    with pytest.raises(UserError, match="diverged.*loss_d=nan"):
+        pretrain(tiny_config, run, echo=lambda s: None)
+    assert (run / "checkpoint.pt").read_bytes() == good
+
+
+def test_truncated_and_foreign_checkpoints_are_refused(tiny_config, tmp_path):
+    pretrain(apply_overrides(tiny_config, {"train.epochs": 1}), tmp_path / "run", echo=lambda s: None)
+    data = (tmp_path / "run" / "discriminator.pt").read_bytes()
+    (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="truncated or corrupt"):
+        load_checkpoint(tmp_path / "cut.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not a dcgan-features checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(UserError, match="does not exist"):
+        resolve_checkpoint(tmp_path / "missing.pt")
+
+
+class Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def test_checkpoint_that_runs_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "executed"
+    torch.save({"format": "dcgan-features/checkpoint/v1", "config": {}, "discriminator": Exploit(marker)},
+               tmp_path / "evil.pt")
+    with pytest.raises(UserError, match="refusing checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_weights_of_another_architecture_are_refused(tiny_config, tmp_path):
+    pretrain(apply_overrides(tiny_config, {"train.epochs": 1}), tmp_path / "run", echo=lambda s: None)
+    payload = load_checkpoint(tmp_path / "run" / "discriminator.pt")
+    payload["config"]["model"]["width"] = 16
+    save_checkpoint(tmp_path / "mismatch.pt", payload)
+    with pytest.raises(UserError, match="do not fit this architecture"):
+        load_discriminator(load_checkpoint(tmp_path / "mismatch.pt"), "mismatch.pt")
