@@ -11,6 +11,7 @@ Two kinds share the format:
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -29,9 +30,14 @@ DISCRIMINATOR_FILE = "discriminator.pt"
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (already holding ``kind``) atomically: readers see the old file or the new one."""
+    """Write ``payload`` (already holding ``kind``) atomically: readers see the old file or the new one.
+
+    Serialised through a buffer because torch.save names the archive's records after the file it
+    writes, and the temporary name is random: this way equal contents give equal bytes and sha256."""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **payload}, tmp)
+        tmp.write_bytes(buffer.getbuffer())
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -111,8 +111,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     log_every: int = 20  # steps between metrics.jsonl lines
-    checkpoint_every: int = 0  # steps between mid-epoch checkpoints; 0 = at epoch ends only
+    checkpoint_every: int = 500  # steps between mid-epoch checkpoints (0: at epoch ends only)
     num_samples: int = 64  # fixed-noise images in each epoch's sample grid
+    collapse_loss: float = 1e-3  # D loss below this at every log for collapse_steps steps: reported as collapse
+    collapse_steps: int = 500
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):

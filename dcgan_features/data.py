@@ -132,6 +132,8 @@ def read_cifar10(root: Path, split: str, download: bool) -> tuple[np.ndarray, np
 
         CIFAR10(str(root), train=split == "train", download=True)
     missing = [n for n in names if not (base / n).is_file()]
+    if missing and (root / names[0]).is_file():
+        raise UserError(f"{root} holds the CIFAR-10 batches itself; point --data-root at its parent, {root.parent}")
     if missing:
         raise UserError(f"CIFAR-10 not found: expected {base}/{{{','.join(names)}}} (the 'python version' "
                         f"layout, missing {missing[0]}); point --data-root at its parent or pass --download")

@@ -180,10 +180,23 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(fit_rows), np.sort(val_rows)
 
 
-def standardise(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
-    """Scale with statistics of ``train`` only; float32 in, float32 out."""
-    scaler = StandardScaler().fit(train)
-    return [scaler.transform(a).astype(np.float32, copy=False) for a in (train, *others)]
+CHUNK_ROWS = 4096
+
+
+def standardise(train: np.ndarray, *others: np.ndarray, copy: bool = True) -> list[np.ndarray]:
+    """Scale with statistics of ``train`` only, as float32. With ``copy`` the inputs (possibly
+    memory-mapped caches) are left alone and each is copied once; without it, float32 arrays are
+    scaled in place. Statistics are accumulated in float64 over row chunks, so no array is held twice."""
+    scaler = StandardScaler()
+    for start in range(0, len(train), CHUNK_ROWS):
+        scaler.partial_fit(train[start:start + CHUNK_ROWS])
+    scaled = []
+    for array in (train, *others):
+        out = np.array(array, dtype=np.float32, copy=copy or array.dtype != np.float32)
+        for start in range(0, len(out), CHUNK_ROWS):
+            out[start:start + CHUNK_ROWS] = scaler.transform(out[start:start + CHUNK_ROWS])
+        scaled.append(out)
+    return scaled
 
 
 def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int,
@@ -193,7 +206,7 @@ def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int
     The grid is swept from small to large C so a warm-starting solver starts near its answer;
     ties go to the smaller C (the stronger regularisation)."""
     fit_rows, val_rows = validation_split(labels, cfg.val_fraction, seed)
-    x_fit, x_val = standardise(features[fit_rows], features[val_rows])
+    x_fit, x_val = standardise(_rows(features, fit_rows), _rows(features, val_rows), copy=False)
     y_fit, y_val = labels[fit_rows], labels[val_rows]
     table, model = {}, None
     for C in sorted(cfg.c_grid):
@@ -203,6 +216,11 @@ def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int
         table[C] = {"C": C, "val_accuracy": accuracy, "fit_seconds": round(time.perf_counter() - start, 3)}
     best = max(sorted(table), key=lambda c: table[c]["val_accuracy"])
     return Selection(best, [table[C] for C in cfg.c_grid], len(fit_rows), len(val_rows))
+
+
+def _rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``features[rows]`` as float32 (one copy, also from a memory-mapped cache)."""
+    return np.asarray(features[rows], dtype=np.float32)
 
 
 def _refit(previous, factory: ClassifierFactory, C: float):

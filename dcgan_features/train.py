@@ -31,7 +31,7 @@ from torchvision.utils import save_image
 from .artifacts import append_jsonl, atomic_path, read_json, write_json
 from .checkpoint import (DISCRIMINATOR_FILE, TRAINING_FILE, config_of, load_checkpoint, load_state,
                          save_checkpoint)
-from .config import Config
+from .config import Config, TrainConfig
 from .data import ImageSet, load_images, to_model_range
 from .errors import UserError
 from .models import Discriminator, Generator, build_models, sample_noise
@@ -67,6 +67,7 @@ class TrainingState:
     epoch: int = 0  # epochs completed
     step: int = 0  # steps completed inside the current epoch
     global_step: int = 0
+    low_loss_since: int = -1  # global step since which D's loss has stayed below train.collapse_loss
 
     def to_payload(self, config: Config, finished: bool) -> dict:
         cpu = lambda sd: {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in sd.items()}  # noqa: E731
@@ -75,7 +76,7 @@ class TrainingState:
             "generator": cpu(self.generator.state_dict()), "discriminator": cpu(self.discriminator.state_dict()),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "epoch": self.epoch, "step": self.step, "global_step": self.global_step,
-            "rng": {"noise": self.noise_rng.get_state(), "torch": torch.get_rng_state()},
+            "low_loss_since": self.low_loss_since, "rng": {"noise": self.noise_rng.get_state(), "torch": torch.get_rng_state()},
             "fixed_noise": self.fixed_noise,
         }
 
@@ -104,6 +105,7 @@ def restore_state(payload: dict, config: Config, device: torch.device, source: s
     torch.set_rng_state(payload["rng"]["torch"])
     state.fixed_noise = payload["fixed_noise"]
     state.epoch, state.step, state.global_step = payload["epoch"], payload["step"], payload["global_step"]
+    state.low_loss_since = payload.get("low_loss_since", -1)
     return state
 
 
@@ -126,6 +128,8 @@ def prepare_run(run_dir: Path, config: Config, force: bool) -> dict | None:
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"{run_dir} exists and is not a dcgan-features run; choose a new --out")
     run_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("checkpoints/.*.tmp")]:
+        stale.unlink()  # left by a process killed mid-write; the file it was replacing is intact
     write_json(config_path, config.to_dict())
     if (run_dir / TRAINING_FILE).exists():
         return load_checkpoint(run_dir / TRAINING_FILE)
@@ -161,6 +165,9 @@ def pretrain(config: Config, run_dir: str | Path, *, force: bool = False, echo: 
         _truncate_metrics(run_dir / "metrics.jsonl", state.global_step)
         if state.epoch < config.train.epochs:
             echo(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}")
+        else:
+            echo(f"run {run_dir} already has {state.epoch} epochs; pass --epochs N to extend it, "
+                 "or --force to start over")
     if state.epoch < config.train.epochs:
         echo(f"pretraining on {config.data.dataset} ({len(data):,} images, {steps_per_epoch} steps/epoch) "
              f"on {device}, {config.train.epochs} epochs -> {run_dir}")
@@ -188,7 +195,7 @@ def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: to
             meter.update(len(index))
             bar.update(1)
             if state.global_step % tc.log_every == 0 or state.step == steps_per_epoch:
-                log_step(state, stats, meter, run_dir)
+                log_step(state, stats, meter, run_dir, tc)
             if tc.checkpoint_every and state.global_step % tc.checkpoint_every == 0:
                 write_training_checkpoint(state, config, run_dir)
 
@@ -222,6 +229,7 @@ class ThroughputMeter:
     def __init__(self) -> None:
         self.start = self.mark = time.perf_counter()
         self.images = self.images_since_mark = 0
+        self.note = ""  # a warning shown on the progress line
 
     def update(self, n: int) -> None:
         self.images += n
@@ -241,30 +249,43 @@ def _progress(length: int, done: int, label: str, meter: ThroughputMeter):
     import click
 
     bar = click.progressbar(length=length, label=label, show_eta=True, show_percent=False, show_pos=True,
-                            item_show_func=lambda _: f"{meter.rate():.0f} img/s", file=sys.stderr)
+                            item_show_func=lambda _: f"{meter.rate():.0f} img/s{meter.note}", file=sys.stderr)
     bar.pos = done  # a resumed epoch starts part-way
     return bar
 
 
-def log_step(state: TrainingState, stats: dict, meter: ThroughputMeter, run_dir: Path) -> None:
+def log_step(state: TrainingState, stats: dict, meter: ThroughputMeter, run_dir: Path, tc: TrainConfig) -> None:
+    """Append a metrics line; stop on non-finite losses; flag a collapsed discriminator."""
     values = {k: float(v) for k, v in stats.items()}
     if not all(np.isfinite(v) for v in values.values()):
         raise UserError(f"training diverged at epoch {state.epoch + 1}, step {state.step} "
                         f"({', '.join(f'{k}={v:.4g}' for k, v in values.items())}); "
                         f"the last good checkpoint is {run_dir / TRAINING_FILE}")
+    if values["loss_d"] >= tc.collapse_loss:
+        state.low_loss_since = -1
+    elif state.low_loss_since < 0:
+        state.low_loss_since = state.global_step
+    collapsed = state.low_loss_since >= 0 and state.global_step - state.low_loss_since >= tc.collapse_steps
+    meter.note = f" | D collapsed: loss_d < {tc.collapse_loss:g} since step {state.low_loss_since}" if collapsed else ""
     append_jsonl(run_dir / "metrics.jsonl", {
         "epoch": state.epoch + 1, "step": state.step, "global_step": state.global_step,
         **{k: round(v, 6) for k, v in values.items()}, "img_per_s": round(meter.rate_since_mark(), 1),
-        "time": round(time.time(), 3)})
+        "d_collapsed": collapsed, "time": round(time.time(), 3)})
 
 
 def _truncate_metrics(path: Path, global_step: int) -> None:
     """Drop log lines written after the checkpoint we resume from; those steps are replayed."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("global_step", 0) <= global_step]
-    path.write_text("".join(line + "\n" for line in kept))
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("global_step", 0) <= global_step:
+                kept.append(line)
+        except ValueError:
+            pass  # a line cut short by a kill
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in kept))
 
 
 def end_epoch(state: TrainingState, config: Config, run_dir: Path) -> None:

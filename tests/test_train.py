@@ -113,3 +113,29 @@ def test_weights_of_another_architecture_are_refused(tiny_config, tmp_path):
     save_checkpoint(tmp_path / "mismatch.pt", payload)
     with pytest.raises(UserError, match="do not fit this architecture"):
         load_discriminator(load_checkpoint(tmp_path / "mismatch.pt"), "mismatch.pt")
+
+
+def test_collapsed_discriminator_is_reported(tiny_config, tmp_path, monkeypatch):
+    real_step = train_module.train_step
+
+    def collapsed_step(*args):
+        return {**real_step(*args), "loss_d": torch.tensor(1e-5)}
+
+    monkeypatch.setattr(train_module, "train_step", collapsed_step)
+    config = apply_overrides(tiny_config, {"train.collapse_steps": 6})
+    pretrain(config, tmp_path / "run", echo=lambda s: None)
+    flags = [json.loads(line)["d_collapsed"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert flags[0] is False and flags[-1] is True
+
+
+def test_same_seed_same_weights_and_accuracy(tiny_config, tmp_path):
+    from dcgan_features.evaluate import evaluate
+
+    config = apply_overrides(tiny_config, {"train.epochs": 1})
+    pretrain(config, tmp_path / "a", echo=lambda s: None)
+    pretrain(config, tmp_path / "b", echo=lambda s: None)
+    assert (tmp_path / "a" / "discriminator.pt").read_bytes() == (tmp_path / "b" / "discriminator.pt").read_bytes()
+    results = [evaluate(tmp_path / run, results_dir=tmp_path / f"res_{run}", cache_dir=None, echo=lambda s: None)
+               for run in ("a", "b")]
+    assert results[0]["test_accuracy"] == results[1]["test_accuracy"]
+    assert results[0]["validation"][0]["val_accuracy"] == results[1]["validation"][0]["val_accuracy"]
