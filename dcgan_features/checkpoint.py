@@ -48,8 +48,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
-        raise UserError(f"refusing checkpoint {path}: it holds more than tensors and plain data ({first}); "
+        reasons = [line.strip() for line in str(exc).splitlines() if "Unsupported" in line]
+        reason = reasons[0].split(". Please")[0][:200] if reasons else "an object weights_only loading does not allow"
+        raise UserError(f"refusing checkpoint {path}: it holds more than tensors and plain data ({reason}); "
                         "nothing in it was run") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise UserError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}); "

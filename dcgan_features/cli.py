@@ -87,6 +87,9 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
 @click.option("--protocol", type=str, default="full", show_default=True, help="Evaluation protocol.")
 @click.option("--svm", "solver", type=click.Choice(["torch", "liblinear"]), default=None,
               help="SVM solver [default: the config's svm.solver].")
+@click.option("--bn-stats", type=click.Choice(["running", "data"]), default=None,
+              help="Batch-norm statistics for extraction: D's running averages, or recomputed on the "
+                   "labelled training pool as the paper's authors did [default: features.bn_stats].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Take [data], [features] and [svm] from this config (the architecture must match).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the validation split.")
@@ -96,14 +99,14 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
               help="Feature cache [default: $XDG_CACHE_HOME/dcgan-features].")
 @click.option("--force", is_flag=True, help="Recompute and replace an existing result.")
 @set_option
-def evaluate(checkpoint, dataset, data_root, download, protocol, solver, config_path, seed, device, results_dir,
+def evaluate(checkpoint, dataset, data_root, download, protocol, solver, bn_stats, config_path, seed, device, results_dir,
              cache_dir, force, set_pairs):
     """Evaluate a checkpoint's frozen discriminator with an L2-SVM."""
     from .evaluate import evaluate as run_evaluate
 
     if dataset is not None and dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
-    overrides = _overrides(set_pairs, data__download=download, svm__solver=solver)
+    overrides = _overrides(set_pairs, data__download=download, svm__solver=solver, features__bn_stats=bn_stats)
     run_evaluate(checkpoint, dataset=dataset, data_root=data_root, config_path=config_path, overrides=overrides,
                  seed=seed, protocol=protocol, device=device, results_dir=results_dir,
                  cache_dir=cache_dir or default_cache_dir(), force=force, echo=click.echo)

@@ -131,11 +131,14 @@ class FeatureConfig:
     layers: tuple[str, ...] = ()  # block names, e.g. ("conv1", "conv2"); empty = every conv block
     grid: int = 4  # each block is max-pooled to grid x grid
     pool: str = "max"  # max | avg
+    bn_stats: str = "running"  # running (D's averages) | data (recomputed on the labelled training pool)
     batch_size: int = 256
 
     def __post_init__(self) -> None:
         if self.pool not in ("max", "avg"):
             raise UserError("features.pool must be 'max' or 'avg'")
+        if self.bn_stats not in ("running", "data"):
+            raise UserError("features.bn_stats must be 'running' or 'data'")
         if self.grid < 1:
             raise UserError("features.grid must be at least 1")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -12,9 +13,10 @@ import numpy as np
 from .artifacts import sha256_file
 from .checkpoint import load_checkpoint, load_discriminator, resolve_checkpoint
 from .config import Config, apply_overrides, read_config_file
+from .models import Discriminator
 from .data import load_images
 from .errors import UserError
-from .features import FrozenExtractor, PoolingSpec, cache_key, cached_features
+from .features import FrozenExtractor, PoolingSpec, cache_key, cached_features, recompute_batchnorm_stats
 from .results import architecture_name, format_result, provenance, read_result, result_path, write_result
 from .svm import fit_and_score, make_classifier, select_c
 from .train import resolve_device
@@ -40,6 +42,26 @@ def evaluation_config(stored: Config, config_path: str | Path | None, overrides:
     return apply_overrides(config, overrides)
 
 
+@dataclass(frozen=True)
+class Subject:
+    """What is being evaluated: a checkpoint's frozen D, its stored config and the evaluation config."""
+
+    path: Path
+    sha256: str
+    payload: dict
+    discriminator: Discriminator
+    stored: Config
+    config: Config
+
+
+def load_subject(checkpoint: str | Path, config_path, overrides: Mapping[str, Any]) -> Subject:
+    path = resolve_checkpoint(checkpoint)
+    payload = load_checkpoint(path)
+    discriminator, stored = load_discriminator(payload, str(path))
+    config = evaluation_config(stored, config_path, overrides)
+    return Subject(path, sha256_file(path), payload, discriminator, stored, config)
+
+
 def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: str | None = None,
              config_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
              seed: int = 0, protocol: str = "full", device: str = "auto", results_dir: str | Path = "results",
@@ -49,54 +71,68 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     started = time.perf_counter()
-    ckpt_path = resolve_checkpoint(checkpoint)
-    payload = load_checkpoint(ckpt_path)
-    discriminator, stored = load_discriminator(payload, str(ckpt_path))
-    config = evaluation_config(stored, config_path, overrides or {})
-    eval_dataset, root = dataset or stored.data.dataset, data_root or stored.data.root
-    checkpoint_sha = sha256_file(ckpt_path)
+    subject = load_subject(checkpoint, config_path, overrides or {})
+    eval_dataset = dataset or subject.stored.data.dataset
     out_path = result_path(results_dir, eval_dataset=eval_dataset, protocol=protocol,
-                           pretrain_dataset=stored.data.dataset, checkpoint_sha256=checkpoint_sha, config=config, seed=seed)
+                           pretrain_dataset=subject.stored.data.dataset, checkpoint_sha256=subject.sha256,
+                           config=subject.config, seed=seed)
     if out_path.exists() and not force:
-        result = read_result(out_path)
         echo(f"already evaluated: {out_path} (pass --force to recompute)")
-        echo(format_result(result))
+        echo(format_result(result := read_result(out_path)))
         return result
     torch_device = resolve_device(device)
-    spec = PoolingSpec.from_config(config.features, discriminator)
-    echo(f"features: {spec.describe(discriminator)}")
-    extractor = FrozenExtractor(discriminator, spec)
-    splits, timings = {}, {}
-    for split in ("train", "test"):
-        start = time.perf_counter()
-        data = load_images(eval_dataset, root, split, image_size=config.model.image_size,
-                           channels=config.model.channels, download=config.data.download)
-        key = cache_key(checkpoint_sha, spec, data, bn_stats="running")
-        splits[split] = cached_features(extractor, data, key, cache_dir, config.features.batch_size, torch_device)
-        timings[f"features_{split}_s"] = round(time.perf_counter() - start, 2)
-    train, test = splits["train"], splits["test"]
-    factory = partial(make_classifier, config.svm, device=str(torch_device))
+    train, test, spec, timings = extract_splits(subject, eval_dataset, data_root or subject.stored.data.root,
+                                                cache_dir, torch_device, echo)
+    factory = partial(make_classifier, subject.config.svm, device=str(torch_device))
     start = time.perf_counter()
-    selection = select_c(np.asarray(train.features), train.labels, config.svm, seed, factory)
+    selection = select_c(np.asarray(train.features), train.labels, subject.config.svm, seed, factory)
     timings["select_c_s"] = round(time.perf_counter() - start, 2)
     scored = fit_and_score(np.asarray(train.features), train.labels, np.asarray(test.features), test.labels,
                            selection.best_c, factory)
-    timings["refit_s"] = scored["fit_seconds"]
-    timings["total_s"] = round(time.perf_counter() - started, 2)
+    timings.update(refit_s=scored["fit_seconds"], total_s=round(time.perf_counter() - started, 2))
     result = {
         "schema": "dcgan-features/result/v1", "eval_dataset": eval_dataset, "protocol": protocol, "seed": seed,
         "test_accuracy": scored["test_accuracy"], "test_error": 1 - scored["test_accuracy"],
         "chosen_C": selection.best_c, "validation": selection.table,
         "n_train": int(len(train.labels)), "n_fit": selection.n_fit, "n_val": selection.n_val,
         "n_test": int(len(test.labels)), "feature_dim": int(train.features.shape[1]),
-        "feature_spec": spec.describe(discriminator), "bn_stats": "running", "svm_solver": config.svm.solver,
-        "pretrain": {"dataset": stored.data.dataset, "architecture": architecture_name(stored.model),
-                     "seed": stored.train.seed, "epochs": payload.get("epoch")},
-        "checkpoint": {"path": str(ckpt_path), "sha256": checkpoint_sha, "kind": payload.get("kind")},
+        "feature_spec": spec.describe(subject.discriminator), "bn_stats": subject.config.features.bn_stats,
+        "svm_solver": subject.config.svm.solver, **subject_record(subject),
         "cache_hit": {"train": train.cache_hit, "test": test.cache_hit},
-        "timings": timings, "device": str(torch_device), "config": config.to_dict(), **provenance(),
+        "timings": timings, "device": str(torch_device), "config": subject.config.to_dict(), **provenance(),
     }
     write_result(out_path, result, force)
     echo(format_result(result))
     echo(f"result: {out_path}")
     return result
+
+
+def extract_splits(subject: Subject, dataset: str, root: str, cache_dir, device, echo):
+    """Train and test features of ``dataset`` (cached), with batch-norm statistics as configured."""
+    config = subject.config
+    spec = PoolingSpec.from_config(config.features, subject.discriminator)
+    echo(f"features: {spec.describe(subject.discriminator)}")
+    start = time.perf_counter()
+    data = {split: load_images(dataset, root, split, image_size=config.model.image_size,
+                               channels=config.model.channels, download=config.data.download)
+            for split in ("train", "test")}
+    timings = {"load_data_s": round(time.perf_counter() - start, 2)}
+    if config.features.bn_stats == "data":  # the authors' recipe: statistics of the labelled training pool
+        recompute_batchnorm_stats(subject.discriminator, data["train"].images, 128, device)
+    extractor = FrozenExtractor(subject.discriminator, spec)
+    features = {}
+    for split, images in data.items():
+        start = time.perf_counter()
+        key = cache_key(subject.sha256, spec, images, bn_stats=config.features.bn_stats)
+        features[split] = cached_features(extractor, images, key, cache_dir, config.features.batch_size, device)
+        timings[f"features_{split}_s"] = round(time.perf_counter() - start, 2)
+    return features["train"], features["test"], spec, timings
+
+
+def subject_record(subject: Subject) -> dict[str, Any]:
+    """Where the features came from: the pretraining and the checkpoint file."""
+    return {"pretrain": {"dataset": subject.stored.data.dataset, "architecture": architecture_name(subject.stored.model),
+                         "seed": subject.stored.train.seed, "epochs": subject.payload.get("epoch"),
+                         "train_seconds": subject.payload.get("train_seconds"),
+                         "provenance": subject.payload.get("provenance")},
+            "checkpoint": {"path": str(subject.path), "sha256": subject.sha256, "kind": subject.payload.get("kind")}}

@@ -56,7 +56,7 @@ def provenance() -> dict[str, Any]:
         "git_commit": git_commit(),
         "command": "dcgan-features " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name == "dcgan-features" else None,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+        "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                      "scikit-learn": sklearn.__version__, "numpy": numpy.__version__},
         "machine": f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads",
     }

@@ -35,6 +35,7 @@ from .config import Config, TrainConfig
 from .data import ImageSet, load_images, to_model_range
 from .errors import UserError
 from .models import Discriminator, Generator, build_models, sample_noise
+from .results import provenance
 
 Echo = Callable[[str], None]
 
@@ -68,6 +69,7 @@ class TrainingState:
     step: int = 0  # steps completed inside the current epoch
     global_step: int = 0
     low_loss_since: int = -1  # global step since which D's loss has stayed below train.collapse_loss
+    train_seconds: float = 0.0  # wall time spent training, summed over resumes
 
     def to_payload(self, config: Config, finished: bool) -> dict:
         cpu = lambda sd: {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in sd.items()}  # noqa: E731
@@ -76,7 +78,8 @@ class TrainingState:
             "generator": cpu(self.generator.state_dict()), "discriminator": cpu(self.discriminator.state_dict()),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "epoch": self.epoch, "step": self.step, "global_step": self.global_step,
-            "low_loss_since": self.low_loss_since, "rng": {"noise": self.noise_rng.get_state(), "torch": torch.get_rng_state()},
+            "low_loss_since": self.low_loss_since, "train_seconds": round(self.train_seconds, 1),
+            "provenance": provenance(), "rng": {"noise": self.noise_rng.get_state(), "torch": torch.get_rng_state()},
             "fixed_noise": self.fixed_noise,
         }
 
@@ -106,6 +109,7 @@ def restore_state(payload: dict, config: Config, device: torch.device, source: s
     state.fixed_noise = payload["fixed_noise"]
     state.epoch, state.step, state.global_step = payload["epoch"], payload["step"], payload["global_step"]
     state.low_loss_since = payload.get("low_loss_since", -1)
+    state.train_seconds = payload.get("train_seconds", 0.0)
     return state
 
 
@@ -184,6 +188,7 @@ def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: to
     tc = config.train
     order = torch.randperm(len(data), generator=seeded_generator(tc.seed, 0, state.epoch))
     meter = ThroughputMeter()
+    started = time.perf_counter()
     label = f"epoch {state.epoch + 1}/{tc.epochs}"
     with _progress(steps_per_epoch, state.step, label, meter) as bar:
         while state.step < steps_per_epoch:
@@ -193,6 +198,8 @@ def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: to
             state.step += 1
             state.global_step += 1
             meter.update(len(index))
+            state.train_seconds += time.perf_counter() - started
+            started = time.perf_counter()
             bar.update(1)
             if state.global_step % tc.log_every == 0 or state.step == steps_per_epoch:
                 log_step(state, stats, meter, run_dir, tc)
@@ -321,6 +328,7 @@ def finish_run(state: TrainingState, config: Config, run_dir: Path, echo: Echo, 
     if rewrite or not path.exists():
         d_state = {k: v.detach().cpu() for k, v in state.discriminator.state_dict().items()}
         save_checkpoint(path, {"kind": "discriminator", "config": config.to_dict(), "discriminator": d_state,
-                               "epoch": state.epoch, "global_step": state.global_step})
+                               "epoch": state.epoch, "global_step": state.global_step,
+                               "train_seconds": round(state.train_seconds, 1), "provenance": provenance()})
     echo(f"run {run_dir} complete after {state.epoch} epochs; discriminator: {path}")
     return path

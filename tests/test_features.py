@@ -85,3 +85,20 @@ def test_cache_entry_with_mismatched_key_is_not_used(tmp_path):
     np.save(entry / "features.npy", np.zeros((len(data), spec.dimension(d)), np.float32))
     again = cached_features(FrozenExtractor(d, spec), data, key, tmp_path, 64, torch.device("cpu"))
     assert not again.cache_hit and np.abs(np.asarray(again.features)).sum() > 0
+
+
+def test_data_batchnorm_stats_follow_the_authors_recipe():
+    from dcgan_features.features import recompute_batchnorm_stats
+
+    torch.manual_seed(0)
+    d = discriminator(**{"model.width": 8})
+    images = torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8)
+    d.eval()
+    recompute_batchnorm_stats(d, images, 128, torch.device("cpu"))  # two full batches; 44 images dropped
+    with torch.no_grad():
+        pre_bn = [d.blocks["conv2"][0](d.blocks["conv1"](images[i:i + 128].float() / 127.5 - 1)) for i in (0, 128)]
+    mean = torch.stack([x.mean((0, 2, 3)) for x in pre_bn]).mean(0)
+    var = torch.stack([x.var((0, 2, 3), unbiased=False) for x in pre_bn]).mean(0)
+    bn = d.blocks["conv2"][1]
+    assert torch.allclose(bn.running_mean, mean, atol=1e-5) and torch.allclose(bn.running_var, var, rtol=1e-4)
+    assert not d.training  # the mode it was in
