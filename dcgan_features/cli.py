@@ -127,6 +127,20 @@ def report(results_dir, out):
     click.echo(f"\nwritten: {md_path}, {csv_path}")
 
 
+@cli.command("import-dcgan-code")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
+@click.option("--force", is_flag=True, help="Replace an existing import in --out.")
+def import_dcgan_code(directory, out, force):
+    """Convert the paper authors' released Theano SVHN DCGAN (its .npy files) into a checkpoint."""
+    from .dcgan_code import import_dcgan_code as run_import
+
+    if not Path(directory).is_dir():
+        raise UserError(f"{directory} is not a directory of the release's .npy files")
+    path = run_import(directory, out, force=force)
+    click.echo(f"imported {directory} -> {path}; sample grid: {Path(out) / 'samples' / 'imported.png'}")
+
+
 def main() -> None:
     cli(prog_name="dcgan-features")
 

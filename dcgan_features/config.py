@@ -24,7 +24,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 from .errors import UserError
 
-DATASETS = ("cifar10", "svhn", "folder", "digits", "fake")
+DATASETS = ("cifar10", "svhn", "imagenet32", "folder", "digits", "fake")
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,7 @@ class TrainConfig:
     """Pretraining optimisation (the paper's defaults: Adam 2e-4, beta1 0.5, batch 128)."""
 
     epochs: int = 25
+    lr_decay_epochs: int = 0  # the last N epochs decay the learning rate linearly towards 0
     batch_size: int = 128
     lr: float = 2e-4
     beta1: float = 0.5
@@ -122,6 +123,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "log_every", "num_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be at least 1")
+        if not 0 <= self.lr_decay_epochs <= self.epochs:
+            raise UserError("train.lr_decay_epochs must lie between 0 and train.epochs")
+
+    def lr_at(self, epoch: int) -> float:
+        """The learning rate of (0-based) ``epoch``: constant, then a linear decay over the last epochs."""
+        decay_start = self.epochs - self.lr_decay_epochs
+        return self.lr if epoch < decay_start else self.lr * (self.epochs - epoch) / (self.lr_decay_epochs + 1)
 
 
 @dataclass(frozen=True)

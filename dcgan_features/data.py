@@ -49,7 +49,7 @@ def load_images(name: str, root: str | Path, split: str, *, image_size: int, cha
                 download: bool = False) -> ImageSet:
     """Load one split of the named dataset, converted to ``channels`` and resized to ``image_size``."""
     readers: dict[str, Callable[[Path, str, bool], tuple[np.ndarray, np.ndarray | None]]] = {
-        "cifar10": read_cifar10, "svhn": read_svhn, "folder": partial(read_folder, image_size=image_size),
+        "cifar10": read_cifar10, "svhn": read_svhn, "imagenet32": read_imagenet32, "folder": partial(read_folder, image_size=image_size),
         "digits": read_digits, "fake": read_fake,
     }
     if name not in readers:
@@ -145,6 +145,32 @@ def read_cifar10(root: Path, split: str, download: bool) -> tuple[np.ndarray, np
             labels.append(np.asarray(batch["labels"], dtype=np.int64))
         except (KeyError, ValueError) as exc:
             raise UserError(f"{base / n} is not a CIFAR-10 batch ({exc!r}); re-extract the archive") from None
+    return np.concatenate(images), np.concatenate(labels)
+
+
+# --- downsampled ImageNet 32x32 -----------------------------------------------------------------
+
+def read_imagenet32(root: Path, split: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Downsampled ImageNet (Chrabaszcz et al. 2017): ROOT/train_data_batch_1..10 and ROOT/val_data, pickled
+    dicts with ``data`` (N x 3072, CIFAR's channel-planar order) and 1-based ``labels``."""
+    if download:
+        raise UserError("downsampled ImageNet needs a login to download; fetch Imagenet32_train.zip and "
+                        "Imagenet32_val.zip yourself and unpack them into --data-root")
+    if split == "extra":
+        raise UserError("imagenet32 has only the splits train and test (val_data)")
+    names = [f"train_data_batch_{i}" for i in range(1, 11)] if split == "train" else ["val_data"]
+    missing = [n for n in names if not (root / n).is_file()]
+    if missing:
+        raise UserError(f"downsampled ImageNet 32x32 not found: expected {root}/{{train_data_batch_1..10, val_data}}"
+                        f" (missing {missing[0]})")
+    images, labels = [], []
+    for n in names:
+        batch = load_array_pickle(root / n)
+        try:
+            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.append(np.asarray(batch["labels"], dtype=np.int64) - 1)
+        except (KeyError, ValueError) as exc:
+            raise UserError(f"{root / n} is not a downsampled-ImageNet batch ({exc!r})") from None
     return np.concatenate(images), np.concatenate(labels)
 
 

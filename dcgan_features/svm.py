@@ -213,7 +213,8 @@ def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int
         start = time.perf_counter()
         model = _refit(model, factory, C).fit(x_fit, y_fit)
         accuracy = float(np.mean(model.predict(x_val) == y_val))
-        table[C] = {"C": C, "val_accuracy": accuracy, "fit_seconds": round(time.perf_counter() - start, 3)}
+        table[C] = {"C": C, "val_accuracy": accuracy, "fit_seconds": round(time.perf_counter() - start, 3),
+                    "iterations": int(np.max(getattr(model, "n_iter_", -1)))}
     best = max(sorted(table), key=lambda c: table[c]["val_accuracy"])
     return Selection(best, [table[C] for C in cfg.c_grid], len(fit_rows), len(val_rows))
 

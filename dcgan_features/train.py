@@ -187,6 +187,8 @@ def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: to
     """Run the remaining steps of epoch ``state.epoch`` (from ``state.step``, so resumes are exact)."""
     tc = config.train
     order = torch.randperm(len(data), generator=seeded_generator(tc.seed, 0, state.epoch))
+    for group in [*state.opt_g.param_groups, *state.opt_d.param_groups]:
+        group["lr"] = tc.lr_at(state.epoch)
     meter = ThroughputMeter()
     started = time.perf_counter()
     label = f"epoch {state.epoch + 1}/{tc.epochs}"

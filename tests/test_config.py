@@ -62,3 +62,9 @@ def test_empty_c_grid_and_bad_architecture_are_refused():
 def test_missing_config_file(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_config(tmp_path / "nope.toml")
+
+
+def test_linear_learning_rate_decay():
+    train = apply_overrides(Config(), {"train.epochs": 4, "train.lr_decay_epochs": 2, "train.lr": 1.0}).train
+    assert [train.lr_at(e) for e in range(4)] == [1.0, 1.0, 2 / 3, 1 / 3]
+    assert Config().train.lr_at(10) == Config().train.lr  # no decay by default

@@ -118,3 +118,17 @@ def test_digits_and_fake_are_deterministic_and_labelled():
 def test_unknown_dataset():
     with pytest.raises(UserError, match="unknown dataset 'imagenet'"):
         load("imagenet", "x")
+
+
+def test_imagenet32_reader_reads_its_format(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in [f"train_data_batch_{i}" for i in range(1, 11)] + ["val_data"]:
+        data = rng.integers(0, 256, size=(4, 3072), dtype=np.uint8)
+        with open(tmp_path / name, "wb") as f:
+            pickle.dump({"data": data, "labels": [1, 2, 1000, 5], "mean": data.mean(0)}, f)
+    train, test = load("imagenet32", tmp_path), load("imagenet32", tmp_path, "test")
+    assert train.images.shape == (40, 3, 32, 32) and test.images.shape == (4, 3, 32, 32)
+    assert test.labels.tolist() == [0, 1, 999, 4]  # 1-based on disk
+    (tmp_path / "val_data").unlink()
+    with pytest.raises(UserError, match="val_data"):
+        load("imagenet32", tmp_path, "test")

@@ -102,3 +102,16 @@ def test_data_batchnorm_stats_follow_the_authors_recipe():
     bn = d.blocks["conv2"][1]
     assert torch.allclose(bn.running_mean, mean, atol=1e-5) and torch.allclose(bn.running_var, var, rtol=1e-4)
     assert not d.training  # the mode it was in
+
+
+def test_paper_imagenet_config_builds_a_28672_feature_discriminator():
+    from pathlib import Path
+
+    from dcgan_features.config import load_config
+
+    config = load_config(Path(__file__).parents[1] / "configs" / "paper_imagenet32.toml")
+    d = Discriminator(config.model)
+    spec = PoolingSpec.from_config(config.features, d)
+    assert spec.dimension(d) == 28672
+    assert "= 28,672 features" in spec.describe(d)
+    assert config.model.z_distribution == "uniform" and config.model.z_dim == 256
