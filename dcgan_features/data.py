@@ -137,14 +137,21 @@ def read_cifar10(root: Path, split: str, download: bool) -> tuple[np.ndarray, np
     if missing:
         raise UserError(f"CIFAR-10 not found: expected {base}/{{{','.join(names)}}} (the 'python version' "
                         f"layout, missing {missing[0]}); point --data-root at its parent or pass --download")
+    return read_planar_batches([base / n for n in names], first_label=0)
+
+
+def read_planar_batches(paths: list[Path], first_label: int) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate pickled batches of ``data`` (N x 3072: 1024 red, green, blue values) and ``labels``,
+    the layout CIFAR-10 and downsampled ImageNet share; labels are shifted to start at 0."""
     images, labels = [], []
-    for n in names:
-        batch = load_array_pickle(base / n)
+    for path in paths:
+        batch = load_array_pickle(path)
         try:
             images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(batch["labels"], dtype=np.int64))
+            labels.append(np.asarray(batch["labels"], dtype=np.int64) - first_label)
         except (KeyError, ValueError) as exc:
-            raise UserError(f"{base / n} is not a CIFAR-10 batch ({exc!r}); re-extract the archive") from None
+            raise UserError(f"{path} is not a batch of 32x32 images with labels ({exc!r}); "
+                            "re-extract the archive") from None
     return np.concatenate(images), np.concatenate(labels)
 
 
@@ -163,15 +170,7 @@ def read_imagenet32(root: Path, split: str, download: bool) -> tuple[np.ndarray,
     if missing:
         raise UserError(f"downsampled ImageNet 32x32 not found: expected {root}/{{train_data_batch_1..10, val_data}}"
                         f" (missing {missing[0]})")
-    images, labels = [], []
-    for n in names:
-        batch = load_array_pickle(root / n)
-        try:
-            images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.append(np.asarray(batch["labels"], dtype=np.int64) - 1)
-        except (KeyError, ValueError) as exc:
-            raise UserError(f"{root / n} is not a downsampled-ImageNet batch ({exc!r})") from None
-    return np.concatenate(images), np.concatenate(labels)
+    return read_planar_batches([root / n for n in names], first_label=1)
 
 
 # --- SVHN ----------------------------------------------------------------------------------------
