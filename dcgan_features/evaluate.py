@@ -87,13 +87,16 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     start = time.perf_counter()
     selection = select_c(np.asarray(train.features), train.labels, subject.config.svm, seed, factory)
     timings["select_c_s"] = round(time.perf_counter() - start, 2)
+    if selection.at_grid_edge:
+        echo(f"warning: the best C on validation ({selection.best_c:g}) is at the edge of svm.c_grid; "
+             "a wider grid may do better")
     scored = fit_and_score(np.asarray(train.features), train.labels, np.asarray(test.features), test.labels,
                            selection.best_c, factory)
     timings.update(refit_s=scored["fit_seconds"], total_s=round(time.perf_counter() - started, 2))
     result = {
         "schema": "dcgan-features/result/v1", "eval_dataset": eval_dataset, "protocol": protocol, "seed": seed,
         "test_accuracy": scored["test_accuracy"], "test_error": 1 - scored["test_accuracy"],
-        "chosen_C": selection.best_c, "validation": selection.table,
+        "chosen_C": selection.best_c, "validation": selection.table, "c_at_grid_edge": selection.at_grid_edge,
         "n_train": int(len(train.labels)), "n_fit": selection.n_fit, "n_val": selection.n_val,
         "n_test": int(len(test.labels)), "feature_dim": int(train.features.shape[1]),
         "feature_spec": spec.describe(subject.discriminator), "bn_stats": subject.config.features.bn_stats,

@@ -24,7 +24,7 @@ from .config import Config, ModelConfig
 from .errors import UserError
 
 SCHEMA = "dcgan-features/result/v1"
-GROUP_COLUMNS = ["pretrain_data", "architecture", "eval_dataset", "protocol"]
+GROUP_COLUMNS = ["pretrain_data", "architecture", "eval_dataset", "transfer", "protocol", "bn_stats"]
 
 
 def architecture_name(model: ModelConfig) -> str:
@@ -93,6 +93,8 @@ def load_results(results_dir: str | Path) -> pd.DataFrame:
             rows.append({"pretrain_data": result["pretrain"]["dataset"],
                          "architecture": result["pretrain"]["architecture"],
                          "eval_dataset": result["eval_dataset"], "protocol": result["protocol"],
+                         "transfer": "yes" if result["pretrain"]["dataset"] != result["eval_dataset"] else "no",
+                         "bn_stats": result.get("bn_stats", "running"),
                          "accuracy": 100 * result["test_accuracy"], "seed": result["seed"],
                          "feature_dim": result["feature_dim"], "file": str(path)})
     if not rows:

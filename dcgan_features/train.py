@@ -125,7 +125,8 @@ def prepare_run(run_dir: Path, config: Config, force: bool) -> dict | None:
             shutil.rmtree(run_dir / name, ignore_errors=True)
     if config_path.exists():
         stored = config_of({"config": read_json(config_path)}, str(config_path))
-        changed = _changed_keys(stored, config, ignore={"train.epochs", "train.device", "data.root"})
+        changed = _changed_keys(stored, config, ignore={"train.epochs", "train.device", "data.root"},
+                                ignore_sections={"features", "svm"})  # evaluation settings, not training
         if changed:
             raise UserError(f"run {run_dir} was started with a different config ({', '.join(changed)}); "
                             "resume it unchanged, choose a new --out, or pass --force to start over")
@@ -140,9 +141,9 @@ def prepare_run(run_dir: Path, config: Config, force: bool) -> dict | None:
     return None
 
 
-def _changed_keys(old: Config, new: Config, ignore: set[str]) -> list[str]:
+def _changed_keys(old: Config, new: Config, ignore: set[str], ignore_sections: set[str]) -> list[str]:
     a, b = old.to_dict(), new.to_dict()
-    keys = [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s][k]]
+    keys = [f"{s}.{k}" for s in a if s not in ignore_sections for k in a[s] if a[s][k] != b[s][k]]
     return [f"{k}: {_get(a, k)!r} -> {_get(b, k)!r}" for k in keys if k not in ignore]
 
 

@@ -86,3 +86,21 @@ def test_corrupt_checkpoint_gets_one_line(tmp_path, tiny_run):
     data = (tiny_run / "discriminator.pt").read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[:1000])
     assert "truncated or corrupt" in fail("evaluate", "--checkpoint", tmp_path / "cut.pt")
+
+
+def test_report_aggregates_seeds_and_marks_transfer(tmp_path):
+    from dcgan_features.results import SCHEMA, write_report
+
+    def result(seed, accuracy, pretrain="cifar10", evaluated="cifar10"):
+        return {"schema": SCHEMA, "seed": seed, "test_accuracy": accuracy, "eval_dataset": evaluated,
+                "protocol": "full", "bn_stats": "running", "feature_dim": 7168,
+                "pretrain": {"dataset": pretrain, "architecture": "D64-128-256 k4 32px rgb"}}
+
+    for i, (seed, acc, pre) in enumerate([(0, 0.70, "cifar10"), (1, 0.72, "cifar10"), (0, 0.60, "svhn")]):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(result(seed, acc, pre)))
+    (tmp_path / "unrelated.json").write_text(json.dumps({"not": "a result"}))
+    markdown, md_path, csv_path = write_report(tmp_path)
+    rows = {line.split("|")[1].strip(): line for line in markdown.splitlines()[2:]}
+    assert "71.00 ± 1.41" in rows["cifar10"] and "|   2 |" in rows["cifar10"]
+    assert "yes" in rows["svhn"] and "60.00" in rows["svhn"]
+    assert md_path.is_file() and csv_path.read_text().count("\n") == 3
