@@ -39,8 +39,7 @@ class TorchL2SVM(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, C: float = 1.0, tol: float = 1e-4, max_iter: int = 100, device: str = "cpu",
-                 warm_start: bool = False, precondition_rank: int = 256):
-        self.precondition_rank = precondition_rank
+                 warm_start: bool = False):
         self.C = C
         self.tol = tol
         self.max_iter = max_iter
@@ -57,21 +56,9 @@ class TorchL2SVM(ClassifierMixin, BaseEstimator):
         W = torch.zeros(X_t.shape[1] + 1, len(self.classes_), device=self.device)  # last row: intercept
         if self.warm_start and getattr(self, "coef_", None) is not None and self.coef_.shape == W[:-1].T.shape:
             W[:-1], W[-1] = torch.as_tensor(self.coef_.T), torch.as_tensor(self.intercept_)
-        preconditioner = self._preconditioner(X_t)
-        W, self.n_iter_, self.cg_iter_ = _newton_cg(X_t, Y, W, self.C, self.tol, self.max_iter, preconditioner)
+        W, self.n_iter_, self.cg_iter_ = _newton_cg(X_t, Y, W, self.C, self.tol, self.max_iter)
         self.coef_, self.intercept_ = W[:-1].T.cpu().numpy(), W[-1].cpu().numpy()
         return self
-
-    def _preconditioner(self, X: torch.Tensor):
-        """Built once per training matrix: a warm-started sweep over C refits the same X many times.
-        (A stale one could only slow CG down; the solution does not depend on it.)"""
-        if not self.precondition_rank:
-            return None
-        key = (X.data_ptr(), tuple(X.shape), self.precondition_rank)
-        if not (self.warm_start and getattr(self, "_preconditioner_key", None) == key):
-            self._preconditioner_cache = NystromPreconditioner(X, self.precondition_rank)
-            self._preconditioner_key = key
-        return self._preconditioner_cache
 
     def decision_function(self, X):
         return np.asarray(X, dtype=np.float32) @ self.coef_.T + self.intercept_
@@ -118,54 +105,30 @@ def _hessian_product(X, active, V, C):
     return HV
 
 
-class NystromPreconditioner:
-    """Approximate inverse Hessian from the top eigenpairs of X^T X (a randomised SVD, computed once).
-
-    For class k the generalised Hessian is ``I + 2C X_A^T X_A``; with rho_k the fraction of active rows
-    it is approximated by ``I + 2C rho_k V diag(s^2) V^T`` on the features, and ``1 + 2C rho_k n`` on
-    the intercept (standardised features are orthogonal to the constant column). Its inverse is cheap:
-    ``v - V diag(a / (1 + a)) V^T v`` with ``a = 2C rho_k s^2``."""
-
-    def __init__(self, X: torch.Tensor, rank: int):
-        _, singular, V = torch.svd_lowrank(X, q=min(rank, *X.shape), niter=2)
-        self.V, self.eigenvalues, self.n = V, singular**2, X.shape[0]
-
-    def solve(self, R: torch.Tensor, active: torch.Tensor, C: float) -> torch.Tensor:
-        rho = active.mean(0)  # (K,)
-        a = 2 * C * rho[None, :] * self.eigenvalues[:, None]  # (r, K)
-        Z = R.clone()
-        Z[:-1] -= self.V @ ((a / (1 + a)) * (self.V.T @ R[:-1]))
-        Z[-1] /= 1 + 2 * C * rho * self.n
-        return Z
-
-
-def _conjugate_gradient(X, active, grad, C, max_iter: int, preconditioner=None, rel_tol: float = 0.1):
-    """Solve H S = -grad column by column (all columns in the same products) by preconditioned CG,
-    to a relative residual of ``rel_tol``; returns the step and the number of iterations."""
-    solve = (lambda R: preconditioner.solve(R, active, C)) if preconditioner else (lambda R: R.clone())
+def _conjugate_gradient(X, active, grad, C, max_iter: int, rel_tol: float = 0.1):
+    """Solve H S = -grad column by column (all columns in the same products) by CG, to a relative
+    residual of ``rel_tol`` (liblinear's choice); returns the step and the number of iterations."""
     S = torch.zeros_like(grad)
     R = -grad.clone()
-    Z = solve(R)
-    P = Z.clone()
-    rz = (R * Z).sum(0)
-    stop = rel_tol**2 * (R * R).sum(0)
+    P = R.clone()
+    rr = (R * R).sum(0)
+    stop = rel_tol**2 * rr
     for iteration in range(max_iter):
-        done = (R * R).sum(0) <= stop
+        done = rr <= stop
         if bool(done.all()):
             return S, iteration
         HP = _hessian_product(X, active, P, C)
-        alpha = rz / (P * HP).sum(0).clamp_min(1e-30)
+        alpha = rr / (P * HP).sum(0).clamp_min(1e-30)
         alpha = torch.where(done, torch.zeros_like(alpha), alpha)  # converged columns stay put
         S += alpha * P
         R -= alpha * HP
-        Z = solve(R)
-        rz_new = (R * Z).sum(0)
-        P = Z + (rz_new / rz.clamp_min(1e-30)) * P
-        rz = rz_new
+        rr_new = (R * R).sum(0)
+        P = R + (rr_new / rr.clamp_min(1e-30)) * P
+        rr = rr_new
     return S, max_iter
 
 
-def _newton_cg(X, Y, W, C: float, tol: float, max_iter: int, preconditioner=None):
+def _newton_cg(X, Y, W, C: float, tol: float, max_iter: int):
     """Minimise every class's objective; stop when ||grad|| <= tol * ||grad at w = 0|| for each class."""
     grad0_norm = (2 * C * torch.cat([_xt(X, Y), Y.sum(0, keepdim=True)])).norm(dim=0)  # gradient at W = 0
     cg_total = 0
@@ -173,7 +136,7 @@ def _newton_cg(X, Y, W, C: float, tol: float, max_iter: int, preconditioner=None
         f, grad, active = _objective(X, Y, W, C)
         if bool((grad.norm(dim=0) <= tol * grad0_norm).all()):
             return W, iteration - 1, cg_total
-        S, cg_steps = _conjugate_gradient(X, active, grad, C, max_iter=500, preconditioner=preconditioner)
+        S, cg_steps = _conjugate_gradient(X, active, grad, C, max_iter=500)
         cg_total += cg_steps
         W = _line_search(X, Y, W, S, grad, f, C)
     return W, max_iter, cg_total
