@@ -84,7 +84,11 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
 @dataset_option
 @click.option("--data-root", type=str, default=None, help="Folder holding the dataset [default: the run's].")
 @click.option("--download", is_flag=True, default=None, help="Fetch the dataset with torchvision if missing.")
-@click.option("--protocol", type=str, default="full", show_default=True, help="Evaluation protocol.")
+@click.option("--protocol", type=str, default="full", show_default=True,
+              help="full (all training labels) or per-class (repeated class-balanced draws).")
+@click.option("--labels-per-class", type=int, default=400, show_default=True, help="Labelled images per class "
+              "in each per-class draw.")
+@click.option("--draws", type=int, default=10, show_default=True, help="Class-balanced draws (per-class protocol).")
 @click.option("--svm", "solver", type=click.Choice(["torch", "liblinear"]), default=None,
               help="SVM solver [default: the config's svm.solver].")
 @click.option("--bn-stats", type=click.Choice(["running", "data"]), default=None,
@@ -99,7 +103,7 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
               help="Feature cache [default: $XDG_CACHE_HOME/dcgan-features].")
 @click.option("--force", is_flag=True, help="Recompute and replace an existing result.")
 @set_option
-def evaluate(checkpoint, dataset, data_root, download, protocol, solver, bn_stats, config_path, seed, device, results_dir,
+def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_class, draws, solver, bn_stats, config_path, seed, device, results_dir,
              cache_dir, force, set_pairs):
     """Evaluate a checkpoint's frozen discriminator with an L2-SVM."""
     from .evaluate import evaluate as run_evaluate
@@ -109,7 +113,8 @@ def evaluate(checkpoint, dataset, data_root, download, protocol, solver, bn_stat
     overrides = _overrides(set_pairs, data__download=download, svm__solver=solver, features__bn_stats=bn_stats)
     run_evaluate(checkpoint, dataset=dataset, data_root=data_root, config_path=config_path, overrides=overrides,
                  seed=seed, protocol=protocol, device=device, results_dir=results_dir,
-                 cache_dir=cache_dir or default_cache_dir(), force=force, echo=click.echo)
+                 cache_dir=cache_dir or default_cache_dir(), force=force, labels_per_class=labels_per_class,
+                 draws=draws, echo=click.echo)
 
 
 @cli.command()

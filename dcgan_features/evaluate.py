@@ -18,10 +18,11 @@ from .data import load_images
 from .errors import UserError
 from .features import FrozenExtractor, PoolingSpec, cache_key, cached_features, recompute_batchnorm_stats
 from .results import architecture_name, format_result, provenance, read_result, result_path, write_result
-from .svm import fit_and_score, make_classifier, select_c
+from .protocols import run_full, run_per_class
+from .svm import make_classifier
 from .train import resolve_device
 
-PROTOCOLS = ("full",)
+PROTOCOLS = ("full", "per-class")
 
 
 def evaluation_config(stored: Config, config_path: str | Path | None, overrides: Mapping[str, Any]) -> Config:
@@ -65,15 +66,16 @@ def load_subject(checkpoint: str | Path, config_path, overrides: Mapping[str, An
 def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: str | None = None,
              config_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
              seed: int = 0, protocol: str = "full", device: str = "auto", results_dir: str | Path = "results",
-             cache_dir: str | Path | None = None, force: bool = False,
-             echo: Callable[[str], None] = print) -> dict[str, Any]:
+             cache_dir: str | Path | None = None, force: bool = False, labels_per_class: int = 400,
+             draws: int = 10, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate a checkpoint's frozen discriminator on ``dataset``; returns the result dict written to disk."""
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    protocol_name = protocol if protocol == "full" else f"per-class-{labels_per_class}x{draws}"
     started = time.perf_counter()
     subject = load_subject(checkpoint, config_path, overrides or {})
     eval_dataset = dataset or subject.stored.data.dataset
-    out_path = result_path(results_dir, eval_dataset=eval_dataset, protocol=protocol,
+    out_path = result_path(results_dir, eval_dataset=eval_dataset, protocol=protocol_name,
                            pretrain_dataset=subject.stored.data.dataset, checkpoint_sha256=subject.sha256,
                            config=subject.config, seed=seed)
     if out_path.exists() and not force:
@@ -84,24 +86,19 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     train, test, spec, timings = extract_splits(subject, eval_dataset, data_root or subject.stored.data.root,
                                                 cache_dir, torch_device, echo)
     factory = partial(make_classifier, subject.config.svm, device=str(torch_device))
-    start = time.perf_counter()
-    selection = select_c(np.asarray(train.features), train.labels, subject.config.svm, seed, factory)
-    timings["select_c_s"] = round(time.perf_counter() - start, 2)
-    if selection.at_grid_edge:
-        echo(f"warning: the best C on validation ({selection.best_c:g}) is at the edge of svm.c_grid; "
+    arrays = (np.asarray(train.features), train.labels, np.asarray(test.features), test.labels,
+              subject.config.svm, seed, factory)
+    outcome = run_full(*arrays) if protocol == "full" else run_per_class(*arrays, labels_per_class, draws)
+    if outcome["c_at_grid_edge"]:
+        echo(f"warning: the best C on validation ({outcome['chosen_C']:g}) is at the edge of svm.c_grid; "
              "a wider grid may do better")
-    scored = fit_and_score(np.asarray(train.features), train.labels, np.asarray(test.features), test.labels,
-                           selection.best_c, factory)
-    timings.update(refit_s=scored["fit_seconds"], total_s=round(time.perf_counter() - started, 2))
+    timings.update(outcome.pop("timings"), total_s=round(time.perf_counter() - started, 2))
     result = {
-        "schema": "dcgan-features/result/v1", "eval_dataset": eval_dataset, "protocol": protocol, "seed": seed,
-        "test_accuracy": scored["test_accuracy"], "test_error": 1 - scored["test_accuracy"],
-        "chosen_C": selection.best_c, "validation": selection.table, "c_at_grid_edge": selection.at_grid_edge,
-        "n_train": int(len(train.labels)), "n_fit": selection.n_fit, "n_val": selection.n_val,
-        "n_test": int(len(test.labels)), "feature_dim": int(train.features.shape[1]),
-        "feature_spec": spec.describe(subject.discriminator), "bn_stats": subject.config.features.bn_stats,
-        "svm_solver": subject.config.svm.solver, **subject_record(subject),
-        "cache_hit": {"train": train.cache_hit, "test": test.cache_hit},
+        "schema": "dcgan-features/result/v1", "eval_dataset": eval_dataset, "protocol": protocol_name, "seed": seed,
+        **outcome, "test_error": 1 - outcome["test_accuracy"], "n_test": int(len(test.labels)),
+        "feature_dim": int(train.features.shape[1]), "feature_spec": spec.describe(subject.discriminator),
+        "bn_stats": subject.config.features.bn_stats, "svm_solver": subject.config.svm.solver,
+        **subject_record(subject), "cache_hit": {"train": train.cache_hit, "test": test.cache_hit},
         "timings": timings, "device": str(torch_device), "config": subject.config.to_dict(), **provenance(),
     }
     write_result(out_path, result, force)

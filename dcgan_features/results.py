@@ -76,8 +76,13 @@ def format_result(result: dict[str, Any]) -> str:
     for row in result["validation"]:
         mark = "  <- chosen on validation" if row["C"] == result["chosen_C"] else ""
         lines.append(f"  {row['C']:>10.0e}  {100 * row['val_accuracy']:>7.2f}%{mark}")
-    lines.append(f"  test accuracy at C={result['chosen_C']:.0e}, refit on all {result['n_train']:,} "
-                 f"training images: {100 * result['test_accuracy']:.2f}%  ({result['n_test']:,} test images)")
+    if "draws" in result:
+        lines.append(f"  test accuracy at C={result['chosen_C']:.0e}, each of {result['draws']} draws of "
+                     f"{result['labels_per_class']} labels per class refit: {100 * result['test_accuracy']:.2f}% "
+                     f"± {100 * result['test_accuracy_std']:.2f}  ({result['n_test']:,} test images)")
+    else:
+        lines.append(f"  test accuracy at C={result['chosen_C']:.0e}, refit on all {result['n_train']:,} "
+                     f"training images: {100 * result['test_accuracy']:.2f}%  ({result['n_test']:,} test images)")
     return "\n".join(lines)
 
 

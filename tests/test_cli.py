@@ -104,3 +104,13 @@ def test_report_aggregates_seeds_and_marks_transfer(tmp_path):
     assert "71.00 ± 1.41" in rows["cifar10"] and "|   2 |" in rows["cifar10"]
     assert "yes" in rows["svhn"] and "60.00" in rows["svhn"]
     assert md_path.is_file() and csv_path.read_text().count("\n") == 3
+
+
+def test_per_class_protocol_end_to_end_and_its_bad_input(tmp_path, tiny_run):
+    from dcgan_features.evaluate import evaluate
+
+    result = evaluate(tiny_run, protocol="per-class", labels_per_class=20, draws=3, results_dir=tmp_path / "res",
+                      cache_dir=None, overrides={"svm.c_grid": [1e-3, 1e-1]}, echo=lambda s: None)
+    assert result["protocol"] == "per-class-20x3" and len(result["test_accuracy_per_draw"]) == 3
+    assert "more than class" in fail("evaluate", "--checkpoint", tiny_run, "--protocol", "per-class",
+                                     "--labels-per-class", "100", "--results-dir", tmp_path / "r2")

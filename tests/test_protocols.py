@@ -1,0 +1,36 @@
+import numpy as np
+import pytest
+
+from dcgan_features.config import SvmConfig
+from dcgan_features.errors import UserError
+from dcgan_features.protocols import class_balanced_draw, run_per_class
+from dcgan_features.svm import make_classifier, validation_split
+
+
+def test_class_balanced_draws_are_balanced_seeded_and_distinct():
+    labels = np.repeat(np.arange(10), 50)
+    a = class_balanced_draw(labels, 20, np.random.default_rng([0, 0]))
+    assert np.all(np.bincount(labels[a]) == 20) and len(np.unique(a)) == 200
+    assert np.array_equal(a, class_balanced_draw(labels, 20, np.random.default_rng([0, 0])))
+    assert not np.array_equal(a, class_balanced_draw(labels, 20, np.random.default_rng([0, 1])))
+    fit, val = validation_split(labels[a], 0.2, seed=0)
+    assert len(np.intersect1d(a[fit], a[val])) == 0 and np.all(np.bincount(labels[a][val]) == 4)
+
+
+def test_more_labels_than_a_class_has_is_refused():
+    labels = np.array([0] * 30 + [1] * 10)
+    with pytest.raises(UserError, match="more than class 1 has \\(10 images\\)"):
+        class_balanced_draw(labels, 11, np.random.default_rng(0))
+
+
+def test_per_class_protocol_reports_mean_and_std_over_draws():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(4, 20))
+    y = np.arange(800) % 4
+    x = (centres[y] + 1.5 * rng.normal(size=(800, 20))).astype(np.float32)
+    cfg = SvmConfig(c_grid=(1e-3, 1e-1), val_fraction=0.25)
+    out = run_per_class(x[:600], y[:600], x[600:], y[600:], cfg, 0, lambda C: make_classifier(cfg, C), 20, 5)
+    assert len(out["test_accuracy_per_draw"]) == 5 and out["test_accuracy_std"] > 0
+    assert out["test_accuracy"] == pytest.approx(np.mean(out["test_accuracy_per_draw"]))
+    assert out["chosen_C"] == max(out["validation"], key=lambda r: r["val_accuracy"])["C"]
+    assert out["n_train"] == 80 and out["test_accuracy"] > 0.6
