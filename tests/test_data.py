@@ -132,3 +132,8 @@ def test_imagenet32_reader_reads_its_format(tmp_path):
     (tmp_path / "val_data").unlink()
     with pytest.raises(UserError, match="val_data"):
         load("imagenet32", tmp_path, "test")
+
+
+def test_cifar_root_one_level_too_deep_names_the_parent(tiny_cifar):
+    with pytest.raises(UserError, match="point --data-root at its parent"):
+        load("cifar10", tiny_cifar / "cifar-10-batches-py")
