@@ -158,6 +158,7 @@ class SvmConfig:
     solver: str = "torch"  # torch (full-batch Newton, float32) | liblinear (scikit-learn LinearSVC)
     c_grid: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1)
     val_fraction: float = 0.1
+    standardize: bool = True  # scale features with training-set statistics (the authors' recipe: false)
     max_iter: int = 1000
     tol: float = 1e-4
 

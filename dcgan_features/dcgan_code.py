@@ -30,7 +30,7 @@ SVHN_PAPER = {
               "d_widths": [64, 128, 256], "g_widths": [256, 128, 64], "g_projection": "linear", "bn_eps": 1e-8},
     "train": {"batch_size": 64, "lr": 5e-4, "beta1": 0.5},
     "features": {"layers": ["conv1", "conv2", "conv3"], "grid": 4, "pool": "max", "bn_stats": "data"},
-    "svm": {"solver": "liblinear", "c_grid": [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2]},
+    "svm": {"solver": "liblinear", "c_grid": [1e-4, 2e-4, 5e-4, 1e-3, 2e-3, 5e-3, 1e-2], "standardize": False},
 }
 
 DISCRIMINATOR_SHAPES = [(64, 3, 5, 5), (128, 64, 5, 5), (128,), (128,), (256, 128, 5, 5), (256,), (256,), (4096, 1)]

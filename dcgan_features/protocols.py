@@ -25,7 +25,7 @@ def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factor
     start = time.perf_counter()
     selection = select_c(train_x, train_y, cfg, seed, factory)
     select_s = time.perf_counter() - start
-    scored = fit_and_score(train_x, train_y, test_x, test_y, selection.best_c, factory)
+    scored = fit_and_score(train_x, train_y, test_x, test_y, selection.best_c, factory, cfg.standardize)
     return {"test_accuracy": scored["test_accuracy"], "chosen_C": selection.best_c,
             "validation": selection.table, "c_at_grid_edge": selection.at_grid_edge,
             "n_train": int(len(train_y)), "n_fit": selection.n_fit, "n_val": selection.n_val,
@@ -56,7 +56,8 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     select_s = time.perf_counter() - start
     # Test: each draw refit on all its labelled images at the chosen C.
     start = time.perf_counter()
-    accuracies = [fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory)["test_accuracy"]
+    accuracies = [fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory, cfg.standardize)
+                  ["test_accuracy"]
                   for rows in pools]
     return {"test_accuracy": float(np.mean(accuracies)), "test_accuracy_std": float(np.std(accuracies, ddof=1))
             if draws > 1 else 0.0, "test_accuracy_per_draw": accuracies, "chosen_C": best,

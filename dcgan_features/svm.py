@@ -192,7 +192,7 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 CHUNK_ROWS = 4096
 
 
-def standardise(train: np.ndarray, *others: np.ndarray, copy: bool = True) -> list[np.ndarray]:
+def standardise(train: np.ndarray, *others: np.ndarray, copy: bool = True, enabled: bool = True) -> list[np.ndarray]:
     """Scale with statistics of ``train`` only, as float32. With ``copy`` the inputs (possibly
     memory-mapped caches) are left alone and each is copied once; without it, float32 arrays are
     scaled in place. Statistics are accumulated in float64 over row chunks, so no array is held twice."""
@@ -215,7 +215,8 @@ def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int
     The grid is swept from small to large C so a warm-starting solver starts near its answer;
     ties go to the smaller C (the stronger regularisation)."""
     fit_rows, val_rows = validation_split(labels, cfg.val_fraction, seed)
-    x_fit, x_val = standardise(_rows(features, fit_rows), _rows(features, val_rows), copy=False)
+    x_fit, x_val = standardise(_rows(features, fit_rows), _rows(features, val_rows), copy=False,
+                               enabled=cfg.standardize)
     y_fit, y_val = labels[fit_rows], labels[val_rows]
     table, model = {}, None
     for C in sorted(cfg.c_grid):
@@ -242,9 +243,9 @@ def _refit(previous, factory: ClassifierFactory, C: float):
 
 
 def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                  C: float, factory: ClassifierFactory) -> dict:
+                  C: float, factory: ClassifierFactory, standardize: bool = True) -> dict:
     """Refit on the whole training set at ``C`` and score the test set, once."""
-    x_train, x_test = standardise(train_x, test_x)
+    x_train, x_test = standardise(train_x, test_x, enabled=standardize)
     start = time.perf_counter()
     model = factory(C).fit(x_train, train_y)
     fit_seconds = time.perf_counter() - start

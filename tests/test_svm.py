@@ -110,3 +110,10 @@ def test_liblinear_path_runs():
     cfg = SvmConfig(solver="liblinear", c_grid=(1e-2,))
     selection = select_c(X, y, cfg, 0, lambda C: make_classifier(cfg, C))
     assert selection.best_c == 1e-2 and selection.table[0]["val_accuracy"] > 0.8
+
+
+def test_standardisation_can_be_switched_off():
+    train = np.array([[0.0], [2.0]], np.float32)
+    (raw,) = standardise(train, enabled=False)
+    np.testing.assert_array_equal(raw, train)
+    assert raw is not train
