@@ -195,7 +195,10 @@ CHUNK_ROWS = 4096
 def standardise(train: np.ndarray, *others: np.ndarray, copy: bool = True, enabled: bool = True) -> list[np.ndarray]:
     """Scale with statistics of ``train`` only, as float32. With ``copy`` the inputs (possibly
     memory-mapped caches) are left alone and each is copied once; without it, float32 arrays are
-    scaled in place. Statistics are accumulated in float64 over row chunks, so no array is held twice."""
+    scaled in place. Statistics are accumulated in float64 over row chunks, so no array is held twice.
+    With ``enabled=False`` the arrays only become float32 (the authors' "no normalisation")."""
+    if not enabled:
+        return [np.array(a, dtype=np.float32, copy=copy or a.dtype != np.float32) for a in (train, *others)]
     scaler = StandardScaler()
     for start in range(0, len(train), CHUNK_ROWS):
         scaler.partial_fit(train[start:start + CHUNK_ROWS])
