@@ -20,7 +20,24 @@ def default_cache_dir() -> Path:
 
 
 class Cli(click.Group):
-    """Turns UserError into ``error: <message>`` on stderr and exit status 2, without a traceback."""
+    """Turns UserError and click's usage errors into ``error: <message>`` on stderr and exit status 2,
+    one line, without a traceback."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.UsageError as exc:
+            hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx else ""
+            click.echo(f"error: {exc.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -89,6 +106,9 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
 @click.option("--labels-per-class", type=int, default=400, show_default=True, help="Labelled images per class "
               "in each per-class draw.")
 @click.option("--draws", type=int, default=10, show_default=True, help="Class-balanced draws (per-class protocol).")
+@click.option("--baseline", type=click.Choice(["pixels", "untrained"]), default=None,
+              help="Evaluate a baseline instead of the checkpoint's D: standardised raw pixels, or a freshly "
+                   "initialised D of the checkpoint's architecture (seeded by --seed).")
 @click.option("--svm", "solver", type=click.Choice(["torch", "liblinear"]), default=None,
               help="SVM solver [default: the config's svm.solver].")
 @click.option("--bn-stats", type=click.Choice(["running", "data"]), default=None,
@@ -103,7 +123,7 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
               help="Feature cache [default: $XDG_CACHE_HOME/dcgan-features].")
 @click.option("--force", is_flag=True, help="Recompute and replace an existing result.")
 @set_option
-def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_class, draws, solver, bn_stats, config_path, seed, device, results_dir,
+def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_class, draws, baseline, solver, bn_stats, config_path, seed, device, results_dir,
              cache_dir, force, set_pairs):
     """Evaluate a checkpoint's frozen discriminator with an L2-SVM."""
     from .evaluate import evaluate as run_evaluate
@@ -114,7 +134,7 @@ def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_clas
     run_evaluate(checkpoint, dataset=dataset, data_root=data_root, config_path=config_path, overrides=overrides,
                  seed=seed, protocol=protocol, device=device, results_dir=results_dir,
                  cache_dir=cache_dir or default_cache_dir(), force=force, labels_per_class=labels_per_class,
-                 draws=draws, echo=click.echo)
+                 draws=draws, baseline=baseline, echo=click.echo)
 
 
 @cli.command()

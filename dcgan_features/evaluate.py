@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -9,14 +11,16 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import torch
 
 from .artifacts import sha256_file
 from .checkpoint import load_checkpoint, load_discriminator, resolve_checkpoint
 from .config import Config, apply_overrides, read_config_file
-from .models import Discriminator
+from .models import Discriminator, build_models
 from .data import load_images
 from .errors import UserError
-from .features import FrozenExtractor, PoolingSpec, cache_key, cached_features, recompute_batchnorm_stats
+from .features import (FrozenExtractor, PixelExtractor, PoolingSpec, cache_key, cached_features,
+                       recompute_batchnorm_stats)
 from .results import architecture_name, format_result, provenance, read_result, result_path, write_result
 from .protocols import run_full, run_per_class
 from .svm import make_classifier
@@ -53,30 +57,43 @@ class Subject:
     discriminator: Discriminator
     stored: Config
     config: Config
+    baseline: str | None = None  # None, "untrained" (fresh D, same architecture) or "pixels"
 
 
-def load_subject(checkpoint: str | Path, config_path, overrides: Mapping[str, Any]) -> Subject:
+BASELINES = ("pixels", "untrained")
+
+
+def load_subject(checkpoint: str | Path, config_path, overrides: Mapping[str, Any], baseline: str | None = None,
+                 seed: int = 0) -> Subject:
+    """The checkpoint's D, or for a baseline a stand-in that keeps its architecture and data settings."""
     path = resolve_checkpoint(checkpoint)
     payload = load_checkpoint(path)
     discriminator, stored = load_discriminator(payload, str(path))
     config = evaluation_config(stored, config_path, overrides)
-    return Subject(path, sha256_file(path), payload, discriminator, stored, config)
+    if baseline is None:
+        return Subject(path, sha256_file(path), payload, discriminator, stored, config)
+    if baseline not in BASELINES:
+        raise UserError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
+    torch.manual_seed(seed)
+    untrained = build_models(stored.model)[1]
+    identity = hashlib.sha256(json.dumps([baseline, stored.model.__repr__(), seed]).encode()).hexdigest()
+    return Subject(path, identity, {"kind": f"{baseline}-baseline", "epoch": 0}, untrained, stored, config, baseline)
 
 
 def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: str | None = None,
              config_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
              seed: int = 0, protocol: str = "full", device: str = "auto", results_dir: str | Path = "results",
              cache_dir: str | Path | None = None, force: bool = False, labels_per_class: int = 400,
-             draws: int = 10, echo: Callable[[str], None] = print) -> dict[str, Any]:
+             draws: int = 10, baseline: str | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate a checkpoint's frozen discriminator on ``dataset``; returns the result dict written to disk."""
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     protocol_name = protocol if protocol == "full" else f"per-class-{labels_per_class}x{draws}"
     started = time.perf_counter()
-    subject = load_subject(checkpoint, config_path, overrides or {})
+    subject = load_subject(checkpoint, config_path, overrides or {}, baseline, seed)
     eval_dataset = dataset or subject.stored.data.dataset
     out_path = result_path(results_dir, eval_dataset=eval_dataset, protocol=protocol_name,
-                           pretrain_dataset=subject.stored.data.dataset, checkpoint_sha256=subject.sha256,
+                           pretrain_dataset=baseline or subject.stored.data.dataset, checkpoint_sha256=subject.sha256,
                            config=subject.config, seed=seed)
     if out_path.exists() and not force:
         echo(f"already evaluated: {out_path} (pass --force to recompute)")
@@ -96,7 +113,7 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     result = {
         "schema": "dcgan-features/result/v1", "eval_dataset": eval_dataset, "protocol": protocol_name, "seed": seed,
         **outcome, "test_error": 1 - outcome["test_accuracy"], "n_test": int(len(test.labels)),
-        "feature_dim": int(train.features.shape[1]), "feature_spec": spec.describe(subject.discriminator),
+        "feature_dim": int(train.features.shape[1]), "feature_spec": describe(spec, subject),
         "bn_stats": subject.config.features.bn_stats, "svm_solver": subject.config.svm.solver,
         **subject_record(subject), "cache_hit": {"train": train.cache_hit, "test": test.cache_hit},
         "timings": timings, "device": str(torch_device), "config": subject.config.to_dict(), **provenance(),
@@ -111,15 +128,17 @@ def extract_splits(subject: Subject, dataset: str, root: str, cache_dir, device,
     """Train and test features of ``dataset`` (cached), with batch-norm statistics as configured."""
     config = subject.config
     spec = PoolingSpec.from_config(config.features, subject.discriminator)
-    echo(f"features: {spec.describe(subject.discriminator)}")
+    if subject.baseline == "pixels":
+        spec = PoolingSpec(("pixels",), config.model.image_size, "none")
+    echo(f"features: {describe(spec, subject)}")
     start = time.perf_counter()
     data = {split: load_images(dataset, root, split, image_size=config.model.image_size,
                                channels=config.model.channels, download=config.data.download)
             for split in ("train", "test")}
     timings = {"load_data_s": round(time.perf_counter() - start, 2)}
-    if config.features.bn_stats == "data":  # the authors' recipe: statistics of the labelled training pool
+    if config.features.bn_stats == "data" and subject.baseline != "pixels":  # the authors' recipe
         recompute_batchnorm_stats(subject.discriminator, data["train"].images, 128, device)
-    extractor = FrozenExtractor(subject.discriminator, spec)
+    extractor = PixelExtractor() if subject.baseline == "pixels" else FrozenExtractor(subject.discriminator, spec)
     features = {}
     for split, images in data.items():
         start = time.perf_counter()
@@ -129,8 +148,22 @@ def extract_splits(subject: Subject, dataset: str, root: str, cache_dir, device,
     return features["train"], features["test"], spec, timings
 
 
+def describe(spec: PoolingSpec, subject: Subject) -> str:
+    if subject.baseline == "pixels":
+        c, n = subject.config.model.channels, subject.config.model.image_size
+        return f"raw pixels {c}x{n}x{n} = {c * n * n:,} features (pixels baseline)"
+    return spec.describe(subject.discriminator) + (" (untrained D baseline)" if subject.baseline else "")
+
+
 def subject_record(subject: Subject) -> dict[str, Any]:
-    """Where the features came from: the pretraining and the checkpoint file."""
+    """Where the features came from: the pretraining and the checkpoint file (or the baseline)."""
+    if subject.baseline:
+        architecture = "raw pixels" if subject.baseline == "pixels" else architecture_name(subject.stored.model)
+        return {"baseline": subject.baseline,
+                "pretrain": {"dataset": f"none ({subject.baseline} baseline)", "architecture": architecture,
+                             "seed": None, "epochs": 0},
+                "checkpoint": {"path": str(subject.path), "sha256": subject.sha256, "kind": subject.payload["kind"],
+                               "architecture_from": sha256_file(subject.path)}}
     return {"pretrain": {"dataset": subject.stored.data.dataset, "architecture": architecture_name(subject.stored.model),
                          "seed": subject.stored.train.seed, "epochs": subject.payload.get("epoch"),
                          "train_seconds": subject.payload.get("train_seconds"),

@@ -109,7 +109,15 @@ def recompute_batchnorm_stats(model: nn.Module, images: torch.Tensor, batch_size
         m.running_var.copy_(sums[id(m)][1] / batches)
 
 
-def extract(extractor: FrozenExtractor, images: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
+class PixelExtractor(nn.Module):
+    """The raw-pixels baseline: the image in [-1, 1], flattened (standardised later like any feature)."""
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+def extract(extractor: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> np.ndarray:
     """Features (N, dim) as float32 for uint8 images (N, C, H, W), in batches."""
     extractor = extractor.to(device)
     chunks = [extractor(to_model_range(batch.to(device))).float().cpu().numpy()
@@ -133,7 +141,7 @@ def cache_key(checkpoint_sha256: str, spec: PoolingSpec, data: ImageSet, bn_stat
             "split": data.split, "num_images": len(data), "data_sha256": data.fingerprint(), "bn_stats": bn_stats}))
 
 
-def cached_features(extractor: FrozenExtractor, data: ImageSet, key: dict[str, Any], cache_dir: str | Path | None,
+def cached_features(extractor: nn.Module, data: ImageSet, key: dict[str, Any], cache_dir: str | Path | None,
                     batch_size: int, device: torch.device) -> FeatureSet:
     """Load features for ``key`` from ``cache_dir`` if an entry with exactly that key exists, else
     extract and store them. The feature matrix comes back memory-mapped when cached."""

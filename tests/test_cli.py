@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from dcgan_features.cli import cli
+from dcgan_features.errors import UserError
 
 ROOT = Path(__file__).parents[1]
 TINY = ["--set", "model.width=8", "--set", "train.log_every=5"]
@@ -114,3 +115,26 @@ def test_per_class_protocol_end_to_end_and_its_bad_input(tmp_path, tiny_run):
     assert result["protocol"] == "per-class-20x3" and len(result["test_accuracy_per_draw"]) == 3
     assert "more than class" in fail("evaluate", "--checkpoint", tiny_run, "--protocol", "per-class",
                                      "--labels-per-class", "100", "--results-dir", tmp_path / "r2")
+
+
+def test_baselines_run_through_the_same_pipeline(tmp_path, tiny_run):
+    from dcgan_features.evaluate import evaluate
+
+    common = dict(results_dir=tmp_path / "res", cache_dir=tmp_path / "cache", overrides={"svm.c_grid": [1e-2]},
+                  echo=lambda s: None)
+    pixels = evaluate(tiny_run, baseline="pixels", **common)
+    untrained = evaluate(tiny_run, baseline="untrained", **common)
+    trained = evaluate(tiny_run, **common)
+    assert pixels["feature_dim"] == 3 * 32 * 32 and pixels["pretrain"]["dataset"] == "none (pixels baseline)"
+    assert untrained["feature_dim"] == trained["feature_dim"] == 896
+    assert untrained["checkpoint"]["sha256"] != trained["checkpoint"]["sha256"]
+    assert len(list((tmp_path / "res").glob("*.json"))) == 3  # three distinct result files
+    with pytest.raises(UserError, match="unknown baseline"):
+        evaluate(tiny_run, baseline="noise", **common)
+
+
+def test_usage_errors_are_one_line_too():
+    assert "'noise' is not one of" in fail("evaluate", "--checkpoint", "x", "--baseline", "noise")
+    assert "No such option" in fail("pretrain", "--epoch", "3")
+    assert "not a valid integer" in fail("pretrain", "--epochs", "three")
+    assert CliRunner().invoke(cli, ["--help"]).exit_code == 0
