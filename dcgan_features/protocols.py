@@ -18,7 +18,7 @@ import numpy as np
 
 from .config import SvmConfig
 from .errors import UserError
-from .svm import ClassifierFactory, fit_and_score, select_c
+from .svm import ClassifierFactory, at_grid_edge, fit_and_score, select_c
 
 
 def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory) -> dict:
@@ -62,7 +62,7 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     return {"test_accuracy": float(np.mean(accuracies)), "test_accuracy_std": float(np.std(accuracies, ddof=1))
             if draws > 1 else 0.0, "test_accuracy_per_draw": accuracies, "chosen_C": best,
             "validation": [{"C": c, "val_accuracy": mean_val[c], "val_accuracy_std": std_val[c]} for c in cfg.c_grid],
-            "c_at_grid_edge": len(mean_val) > 1 and best in (min(mean_val), max(mean_val)),
+            "c_at_grid_edge": at_grid_edge(mean_val, best),
             "labels_per_class": labels_per_class, "draws": draws, "n_train": labels_per_class * len(np.unique(train_y)),
             "n_fit": None, "n_val": None,
             "timings": {"select_c_s": round(select_s, 2), "refit_s": round(time.perf_counter() - start, 2)}}

@@ -229,8 +229,18 @@ def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int
         table[C] = {"C": C, "val_accuracy": accuracy, "fit_seconds": round(time.perf_counter() - start, 3),
                     "iterations": int(np.max(getattr(model, "n_iter_", -1)))}
     best = max(sorted(table), key=lambda c: table[c]["val_accuracy"])
-    edge = len(table) > 1 and best in (min(table), max(table))
+    edge = at_grid_edge({c: row["val_accuracy"] for c, row in table.items()}, best)
     return Selection(best, [table[C] for C in cfg.c_grid], len(fit_rows), len(val_rows), edge)
+
+
+def at_grid_edge(val_accuracy: dict[float, float], best: float) -> bool:
+    """True when the chosen C is the grid's smallest or largest and strictly beats its neighbour there,
+    i.e. the optimum may lie outside the grid (a tie across the grid is no such evidence)."""
+    grid = sorted(val_accuracy)
+    if len(grid) < 2 or best not in (grid[0], grid[-1]):
+        return False
+    neighbour = grid[1] if best == grid[0] else grid[-2]
+    return val_accuracy[best] > val_accuracy[neighbour]
 
 
 def _rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:

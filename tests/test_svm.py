@@ -117,3 +117,11 @@ def test_standardisation_can_be_switched_off():
     (raw,) = standardise(train, enabled=False)
     np.testing.assert_array_equal(raw, train)
     assert raw is not train
+
+
+def test_grid_edge_needs_a_strict_improvement():
+    from dcgan_features.svm import at_grid_edge
+
+    assert at_grid_edge({1e-3: 0.9, 1e-2: 0.8, 1e-1: 0.7}, 1e-3)
+    assert not at_grid_edge({1e-3: 0.9, 1e-2: 0.9, 1e-1: 0.9}, 1e-3)  # a tie
+    assert not at_grid_edge({1e-3: 0.8, 1e-2: 0.9, 1e-1: 0.7}, 1e-2)
