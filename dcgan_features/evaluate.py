@@ -89,7 +89,7 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     protocol_name = protocol if protocol == "full" else f"per-class-{labels_per_class}x{draws}"
-    started = time.perf_counter()
+    started, origin = time.perf_counter(), provenance()  # the commit that runs is the one checked out now
     subject = load_subject(checkpoint, config_path, overrides or {}, baseline, seed)
     eval_dataset = dataset or subject.stored.data.dataset
     out_path = result_path(results_dir, eval_dataset=eval_dataset, protocol=protocol_name,
@@ -116,7 +116,7 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
         "feature_dim": int(train.features.shape[1]), "feature_spec": describe(spec, subject),
         "bn_stats": subject.config.features.bn_stats, "svm_solver": subject.config.svm.solver,
         **subject_record(subject), "cache_hit": {"train": train.cache_hit, "test": test.cache_hit},
-        "timings": timings, "device": str(torch_device), "config": subject.config.to_dict(), **provenance(),
+        "timings": timings, "device": str(torch_device), "config": subject.config.to_dict(), **origin,
     }
     write_result(out_path, result, force)
     echo(format_result(result))

@@ -19,7 +19,7 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -70,6 +70,7 @@ class TrainingState:
     global_step: int = 0
     low_loss_since: int = -1  # global step since which D's loss has stayed below train.collapse_loss
     train_seconds: float = 0.0  # wall time spent training, summed over resumes
+    provenance: list = field(default_factory=list)  # one entry per process that trained: commit, command, start
 
     def to_payload(self, config: Config, finished: bool) -> dict:
         cpu = lambda sd: {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in sd.items()}  # noqa: E731
@@ -79,7 +80,7 @@ class TrainingState:
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "epoch": self.epoch, "step": self.step, "global_step": self.global_step,
             "low_loss_since": self.low_loss_since, "train_seconds": round(self.train_seconds, 1),
-            "provenance": provenance(), "rng": {"noise": self.noise_rng.get_state(), "torch": torch.get_rng_state()},
+            "provenance": self.provenance, "rng": {"noise": self.noise_rng.get_state(), "torch": torch.get_rng_state()},
             "fixed_noise": self.fixed_noise,
         }
 
@@ -110,6 +111,7 @@ def restore_state(payload: dict, config: Config, device: torch.device, source: s
     state.epoch, state.step, state.global_step = payload["epoch"], payload["step"], payload["global_step"]
     state.low_loss_since = payload.get("low_loss_since", -1)
     state.train_seconds = payload.get("train_seconds", 0.0)
+    state.provenance = list(payload.get("provenance", []))
     return state
 
 
@@ -155,6 +157,7 @@ def _get(d: dict, dotted: str):
 def pretrain(config: Config, run_dir: str | Path, *, force: bool = False, echo: Echo = print) -> Path:
     """Train (or resume) a DCGAN in ``run_dir``; returns the path of the final ``discriminator.pt``."""
     run_dir = Path(run_dir)
+    started = provenance()  # now: the code that runs is the commit checked out at start
     device = resolve_device(config.train.device)
     payload = prepare_run(run_dir, config, force)
     data = load_images(config.data.dataset, config.data.root, "train", image_size=config.model.image_size,
@@ -177,6 +180,8 @@ def pretrain(config: Config, run_dir: str | Path, *, force: bool = False, echo: 
         echo(f"pretraining on {config.data.dataset} ({len(data):,} images, {steps_per_epoch} steps/epoch) "
              f"on {device}, {config.train.epochs} epochs -> {run_dir}")
     trained = state.epoch < config.train.epochs
+    if trained:
+        state.provenance.append({**started, "from_epoch": state.epoch, "from_step": state.step})
     while state.epoch < config.train.epochs:
         train_epoch(state, data, config, device, run_dir, steps_per_epoch)
         end_epoch(state, config, run_dir)
@@ -332,6 +337,6 @@ def finish_run(state: TrainingState, config: Config, run_dir: Path, echo: Echo, 
         d_state = {k: v.detach().cpu() for k, v in state.discriminator.state_dict().items()}
         save_checkpoint(path, {"kind": "discriminator", "config": config.to_dict(), "discriminator": d_state,
                                "epoch": state.epoch, "global_step": state.global_step,
-                               "train_seconds": round(state.train_seconds, 1), "provenance": provenance()})
+                               "train_seconds": round(state.train_seconds, 1), "provenance": state.provenance})
     echo(f"run {run_dir} complete after {state.epoch} epochs; discriminator: {path}")
     return path

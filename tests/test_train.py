@@ -141,3 +141,11 @@ def test_same_seed_same_weights_and_accuracy(tiny_config, tmp_path):
                for run in ("a", "b")]
     assert results[0]["test_accuracy"] == results[1]["test_accuracy"]
     assert results[0]["validation"][0]["val_accuracy"] == results[1]["validation"][0]["val_accuracy"]
+
+
+def test_provenance_records_each_training_process(tiny_config, tmp_path):
+    pretrain(apply_overrides(tiny_config, {"train.epochs": 1}), tmp_path / "run", echo=lambda s: None)
+    pretrain(tiny_config, tmp_path / "run", echo=lambda s: None)  # extends to 2 epochs
+    history = load_checkpoint(tmp_path / "run" / "discriminator.pt")["provenance"]
+    assert [entry["from_epoch"] for entry in history] == [0, 1]
+    assert all(entry["git_commit"] and entry["created"] for entry in history)
