@@ -121,7 +121,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> 
     """Render the report as Markdown and CSV next to the results (or in ``out_dir``)."""
     table = report_table(load_results(results_dir))
     out_dir = Path(out_dir or results_dir)
-    markdown = table[GROUP_COLUMNS + ["accuracy (%)", "n", "feature_dim"]].to_markdown(index=False)
+    markdown = table[GROUP_COLUMNS + ["accuracy (%)", "n", "feature_dim"]].to_markdown(index=False, disable_numparse=True)
     md_path, csv_path = out_dir / "report.md", out_dir / "report.csv"
     with atomic_path(md_path) as tmp:
         tmp.write_text(markdown + "\n\nTest accuracy; ± is the sample standard deviation over n seeds. "

@@ -102,8 +102,8 @@ def test_report_aggregates_seeds_and_marks_transfer(tmp_path):
     (tmp_path / "unrelated.json").write_text(json.dumps({"not": "a result"}))
     markdown, md_path, csv_path = write_report(tmp_path)
     rows = {line.split("|")[1].strip(): line for line in markdown.splitlines()[2:]}
-    assert "71.00 ± 1.41" in rows["cifar10"] and "|   2 |" in rows["cifar10"]
-    assert "yes" in rows["svhn"] and "60.00" in rows["svhn"]
+    assert "71.00 ± 1.41" in rows["cifar10"] and "| 2 " in rows["cifar10"]
+    assert "yes" in rows["svhn"] and "| 60.00 " in rows["svhn"]  # two decimals kept
     assert md_path.is_file() and csv_path.read_text().count("\n") == 3
 
 
