@@ -139,10 +139,12 @@ def extract_splits(subject: Subject, dataset: str, root: str, cache_dir, device,
     if config.features.bn_stats == "data" and subject.baseline != "pixels":  # the authors' recipe
         recompute_batchnorm_stats(subject.discriminator, data["train"].images, 128, device)
     extractor = PixelExtractor() if subject.baseline == "pixels" else FrozenExtractor(subject.discriminator, spec)
+    # Recomputed statistics make every split's features depend on the training images too.
+    bn_key = f"data:{data['train'].fingerprint()}" if config.features.bn_stats == "data" else "running"
     features = {}
     for split, images in data.items():
         start = time.perf_counter()
-        key = cache_key(subject.sha256, spec, images, bn_stats=config.features.bn_stats)
+        key = cache_key(subject.sha256, spec, images, bn_stats=bn_key)
         features[split] = cached_features(extractor, images, key, cache_dir, config.features.batch_size, device)
         timings[f"features_{split}_s"] = round(time.perf_counter() - start, 2)
     return features["train"], features["test"], spec, timings

@@ -138,3 +138,15 @@ def test_usage_errors_are_one_line_too():
     assert "No such option" in fail("pretrain", "--epoch", "3")
     assert "not a valid integer" in fail("pretrain", "--epochs", "three")
     assert CliRunner().invoke(cli, ["--help"]).exit_code == 0
+
+
+def test_data_batchnorm_stats_are_recorded_and_cached_apart(tmp_path, tiny_run):
+    from dcgan_features.evaluate import evaluate
+
+    common = dict(cache_dir=tmp_path / "cache", overrides={"svm.c_grid": [1e-2]}, echo=lambda s: None)
+    running = evaluate(tiny_run, results_dir=tmp_path / "a", **common)
+    data = evaluate(tiny_run, results_dir=tmp_path / "b", **{**common, "overrides": {
+        "svm.c_grid": [1e-2], "features.bn_stats": "data"}})
+    assert (running["bn_stats"], data["bn_stats"]) == ("running", "data")
+    assert not data["cache_hit"]["train"] and not data["cache_hit"]["test"]  # never the running-stats features
+    assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 4
