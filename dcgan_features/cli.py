@@ -102,10 +102,15 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
 @click.option("--data-root", type=str, default=None, help="Folder holding the dataset [default: the run's].")
 @click.option("--download", is_flag=True, default=None, help="Fetch the dataset with torchvision if missing.")
 @click.option("--protocol", type=str, default="full", show_default=True,
-              help="full (all training labels) or per-class (repeated class-balanced draws).")
-@click.option("--labels-per-class", type=int, default=400, show_default=True, help="Labelled images per class "
-              "in each per-class draw.")
-@click.option("--draws", type=int, default=10, show_default=True, help="Class-balanced draws (per-class protocol).")
+              help="full (all training labels), per-class (repeated class-balanced draws) or svhn-1000 "
+                   "(the paper authors' SVHN protocol).")
+@click.option("--labels-per-class", type=int, default=None,
+              help="Labelled images per class in each draw [default: 400 per-class, 100 svhn-1000].")
+@click.option("--draws", type=int, default=10, show_default=True,
+              help="Class-balanced draws (per-class), or validation draws per C (svhn-1000).")
+@click.option("--test-draws", type=int, default=100, show_default=True, help="Test draws (svhn-1000).")
+@click.option("--val-size", type=int, default=10_000, show_default=True,
+              help="Validation images taken first from the seed-42 shuffle (svhn-1000).")
 @click.option("--baseline", type=click.Choice(["pixels", "untrained"]), default=None,
               help="Evaluate a baseline instead of the checkpoint's D: standardised raw pixels, or a freshly "
                    "initialised D of the checkpoint's architecture (seeded by --seed).")
@@ -123,7 +128,8 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
               help="Feature cache [default: $XDG_CACHE_HOME/dcgan-features].")
 @click.option("--force", is_flag=True, help="Recompute and replace an existing result.")
 @set_option
-def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_class, draws, baseline, solver, bn_stats, config_path, seed, device, results_dir,
+def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_class, draws, test_draws, val_size,
+             baseline, solver, bn_stats, config_path, seed, device, results_dir,
              cache_dir, force, set_pairs):
     """Evaluate a checkpoint's frozen discriminator with an L2-SVM."""
     from .evaluate import evaluate as run_evaluate
@@ -134,7 +140,7 @@ def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_clas
     run_evaluate(checkpoint, dataset=dataset, data_root=data_root, config_path=config_path, overrides=overrides,
                  seed=seed, protocol=protocol, device=device, results_dir=results_dir,
                  cache_dir=cache_dir or default_cache_dir(), force=force, labels_per_class=labels_per_class,
-                 draws=draws, baseline=baseline, echo=click.echo)
+                 draws=draws, test_draws=test_draws, val_size=val_size, baseline=baseline, echo=click.echo)
 
 
 @cli.command()

@@ -22,11 +22,12 @@ from .errors import UserError
 from .features import (FrozenExtractor, PixelExtractor, PoolingSpec, cache_key, cached_features,
                        recompute_batchnorm_stats)
 from .results import architecture_name, format_result, provenance, read_result, result_path, write_result
-from .protocols import run_full, run_per_class
+from .protocols import run_full, run_per_class, run_svhn_1000
 from .svm import make_classifier
 from .train import resolve_device
 
-PROTOCOLS = ("full", "per-class")
+PROTOCOLS = ("full", "per-class", "svhn-1000")
+DEFAULT_LABELS_PER_CLASS = {"per-class": 400, "svhn-1000": 100}
 
 
 def evaluation_config(stored: Config, config_path: str | Path | None, overrides: Mapping[str, Any]) -> Config:
@@ -83,12 +84,15 @@ def load_subject(checkpoint: str | Path, config_path, overrides: Mapping[str, An
 def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: str | None = None,
              config_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
              seed: int = 0, protocol: str = "full", device: str = "auto", results_dir: str | Path = "results",
-             cache_dir: str | Path | None = None, force: bool = False, labels_per_class: int = 400,
-             draws: int = 10, baseline: str | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+             cache_dir: str | Path | None = None, force: bool = False, labels_per_class: int | None = None,
+             draws: int = 10, test_draws: int = 100, val_size: int = 10_000, baseline: str | None = None,
+             echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate a checkpoint's frozen discriminator on ``dataset``; returns the result dict written to disk."""
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    protocol_name = protocol if protocol == "full" else f"per-class-{labels_per_class}x{draws}"
+    labels_per_class = labels_per_class or DEFAULT_LABELS_PER_CLASS.get(protocol, 0)
+    protocol_name = {"full": "full", "per-class": f"per-class-{labels_per_class}x{draws}",
+                     "svhn-1000": f"svhn-{labels_per_class}pc-{draws}x{test_draws}-val{val_size}"}[protocol]
     started, origin = time.perf_counter(), provenance()  # the commit that runs is the one checked out now
     subject = load_subject(checkpoint, config_path, overrides or {}, baseline, seed)
     eval_dataset = dataset or subject.stored.data.dataset
@@ -105,7 +109,12 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     factory = partial(make_classifier, subject.config.svm, device=str(torch_device))
     arrays = (np.asarray(train.features), train.labels, np.asarray(test.features), test.labels,
               subject.config.svm, seed, factory)
-    outcome = run_full(*arrays) if protocol == "full" else run_per_class(*arrays, labels_per_class, draws)
+    if protocol == "full":
+        outcome = run_full(*arrays)
+    elif protocol == "per-class":
+        outcome = run_per_class(*arrays, labels_per_class, draws)
+    else:
+        outcome = run_svhn_1000(*arrays, labels_per_class, draws, test_draws, val_size)
     if outcome["c_at_grid_edge"]:
         echo(f"warning: the best C on validation ({outcome['chosen_C']:g}) is at the edge of svm.c_grid; "
              "a wider grid may do better")

@@ -101,7 +101,8 @@ def test_report_aggregates_seeds_and_marks_transfer(tmp_path):
         (tmp_path / f"r{i}.json").write_text(json.dumps(result(seed, acc, pre)))
     (tmp_path / "unrelated.json").write_text(json.dumps({"not": "a result"}))
     markdown, md_path, csv_path = write_report(tmp_path)
-    rows = {line.split("|")[1].strip(): line for line in markdown.splitlines()[2:]}
+    rows = {line.split("|")[1].strip(): line for line in markdown.splitlines()[2:] if "PAPER" not in line}
+    assert sum("PAPER (reference, not run here)" in line for line in markdown.splitlines()) == 3
     assert "71.00 ± 1.41" in rows["cifar10"] and "| 2 " in rows["cifar10"]
     assert "yes" in rows["svhn"] and "| 60.00 " in rows["svhn"]  # two decimals kept
     assert md_path.is_file() and csv_path.read_text().count("\n") == 3
@@ -150,3 +151,18 @@ def test_data_batchnorm_stats_are_recorded_and_cached_apart(tmp_path, tiny_run):
     assert (running["bn_stats"], data["bn_stats"]) == ("running", "data")
     assert not data["cache_hit"]["train"] and not data["cache_hit"]["test"]  # never the running-stats features
     assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 4
+
+
+def test_svhn_protocol_end_to_end_on_official_mat_files(tmp_path, tiny_run):
+    from test_data import write_svhn
+
+    write_svhn(tmp_path / "train_32x32.mat", 400, seed=0)
+    write_svhn(tmp_path / "test_32x32.mat", 100, seed=1)
+    out = run_cli("evaluate", "--checkpoint", tiny_run, "--dataset", "svhn", "--data-root", tmp_path,
+                  "--protocol", "svhn-1000", "--labels-per-class", "10", "--draws", "2", "--test-draws", "3",
+                  "--val-size", "100", "--set", "svm.c_grid=[1e-3, 1e-2]", "--results-dir", tmp_path / "res",
+                  "--cache-dir", tmp_path / "cache", cwd=tmp_path)
+    assert "1.96 x std" in out
+    (path,) = (tmp_path / "res").glob("svhn_svhn-10pc-2x3-val100_*.json")
+    result = json.loads(path.read_text())
+    assert len(result["test_error_per_draw"]) == 3 and result["feature_dim"] == 896

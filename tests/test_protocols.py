@@ -34,3 +34,20 @@ def test_per_class_protocol_reports_mean_and_std_over_draws():
     assert out["test_accuracy"] == pytest.approx(np.mean(out["test_accuracy_per_draw"]))
     assert out["chosen_C"] == max(out["validation"], key=lambda r: r["val_accuracy"])["C"]
     assert out["n_train"] == 80 and out["test_accuracy"] > 0.6
+
+
+def test_svhn_protocol_splits_and_draws():
+    from dcgan_features.protocols import run_svhn_1000
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(10, 16))
+    y = np.arange(1200) % 10
+    x = (centres[y] + 1.0 * rng.normal(size=(1200, 16))).astype(np.float32)
+    cfg = SvmConfig(c_grid=(1e-3, 1e-1))
+    out = run_svhn_1000(x[:1000], y[:1000], x[1000:], y[1000:], cfg, 0, lambda C: make_classifier(cfg, C),
+                        labels_per_class=10, val_draws=3, test_draws=6, val_size=300)
+    assert len(out["test_error_per_draw"]) == 6 and out["n_val"] == 300 and out["n_train"] == 100
+    assert out["test_error_ci95"] == pytest.approx(1.96 * np.std(out["test_error_per_draw"], ddof=1))
+    assert out["test_accuracy"] == pytest.approx(1 - np.mean(out["test_error_per_draw"]))
+    with pytest.raises(UserError, match="smaller than the training set"):
+        run_svhn_1000(x[:100], y[:100], x[1000:], y[1000:], cfg, 0, lambda C: make_classifier(cfg, C), val_size=100)
