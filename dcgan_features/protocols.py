@@ -20,7 +20,7 @@ import numpy as np
 
 from .config import SvmConfig
 from .errors import UserError
-from .svm import ClassifierFactory, at_grid_edge, fit_and_score, select_c
+from .svm import ClassifierFactory, choose_c, fit_and_score, select_c
 
 
 def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory) -> dict:
@@ -32,6 +32,14 @@ def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factor
             "validation": selection.table, "c_at_grid_edge": selection.at_grid_edge,
             "n_train": int(len(train_y)), "n_fit": selection.n_fit, "n_val": selection.n_val,
             "timings": {"select_c_s": round(select_s, 2), "refit_s": scored["fit_seconds"]}}
+
+
+def summarise_draws(val_accuracy: dict[float, list[float]], cfg: SvmConfig) -> tuple[float, list[dict], bool]:
+    """C by the mean validation accuracy over draws; the table of means and stds in grid order; the edge flag."""
+    means = {c: float(np.mean(v)) for c, v in val_accuracy.items()}
+    best, edge = choose_c(means)
+    rows = [{"C": c, "val_accuracy": means[c], "val_accuracy_std": float(np.std(val_accuracy[c]))} for c in cfg.c_grid]
+    return best, rows, edge
 
 
 def class_balanced_draw(labels: np.ndarray, per_class: int, rng: np.random.Generator) -> np.ndarray:
@@ -52,9 +60,8 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     pools = [class_balanced_draw(train_y, labels_per_class, np.random.default_rng([seed, d])) for d in range(draws)]
     # Selection: every draw's own validation split, C by the mean validation accuracy over draws.
     tables = [select_c(train_x[rows], train_y[rows], cfg, seed + d, factory).table for d, rows in enumerate(pools)]
-    mean_val = {row["C"]: float(np.mean([t[i]["val_accuracy"] for t in tables])) for i, row in enumerate(tables[0])}
-    std_val = {row["C"]: float(np.std([t[i]["val_accuracy"] for t in tables])) for i, row in enumerate(tables[0])}
-    best = max(sorted(mean_val), key=lambda c: mean_val[c])
+    best, validation, edge = summarise_draws({row["C"]: [t[i]["val_accuracy"] for t in tables]
+                                              for i, row in enumerate(tables[0])}, cfg)
     select_s = time.perf_counter() - start
     # Test: each draw refit on all its labelled images at the chosen C.
     start = time.perf_counter()
@@ -63,8 +70,7 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
                   for rows in pools]
     return {"test_accuracy": float(np.mean(accuracies)), "test_accuracy_std": float(np.std(accuracies, ddof=1))
             if draws > 1 else 0.0, "test_accuracy_per_draw": accuracies, "chosen_C": best,
-            "validation": [{"C": c, "val_accuracy": mean_val[c], "val_accuracy_std": std_val[c]} for c in cfg.c_grid],
-            "c_at_grid_edge": at_grid_edge(mean_val, best),
+            "validation": validation, "c_at_grid_edge": edge,
             "labels_per_class": labels_per_class, "draws": draws, "n_train": labels_per_class * len(np.unique(train_y)),
             "n_fit": None, "n_val": None,
             "timings": {"select_c_s": round(select_s, 2), "refit_s": round(time.perf_counter() - start, 2)}}
@@ -91,7 +97,7 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     for C in sorted(cfg.c_grid):
         val_acc[C] = [fit_and_score(train_x[rows], train_y[rows], val_x, val_y, C, factory, cfg.standardize)
                       ["test_accuracy"] for rows in map(draw, range(val_draws))]
-    best = max(sorted(val_acc), key=lambda c: np.mean(val_acc[c]))
+    best, validation, edge = summarise_draws(val_acc, cfg)
     select_s = time.perf_counter() - start
     start = time.perf_counter()
     errors = np.array([1 - fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory,
@@ -100,9 +106,7 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     std = float(errors.std(ddof=1)) if test_draws > 1 else 0.0
     return {"test_accuracy": float(1 - errors.mean()), "test_error_std": std, "test_error_ci95": 1.96 * std,
             "test_error_per_draw": errors.tolist(), "chosen_C": best,
-            "validation": [{"C": c, "val_accuracy": float(np.mean(val_acc[c])), "val_accuracy_std":
-                            float(np.std(val_acc[c]))} for c in cfg.c_grid],
-            "c_at_grid_edge": at_grid_edge({c: float(np.mean(v)) for c, v in val_acc.items()}, best),
+            "validation": validation, "c_at_grid_edge": edge,
             "labels_per_class": labels_per_class, "val_draws": val_draws, "test_draws": test_draws,
             "n_train": labels_per_class * len(np.unique(train_y)), "n_fit": None, "n_val": int(val_size),
             "timings": {"select_c_s": round(select_s, 2), "refit_s": round(time.perf_counter() - start, 2)}}

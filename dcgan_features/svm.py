@@ -176,7 +176,7 @@ class Selection:
     table: list[dict]  # [{"C": ..., "val_accuracy": ..., "fit_seconds": ...}] in grid order
     n_fit: int
     n_val: int
-    at_grid_edge: bool = False  # the best C is the smallest or largest tried: the grid may be too narrow
+    at_grid_edge: bool = False  # the best C is the grid's end and strictly beats its neighbour
 
 
 def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,7 +216,7 @@ def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int
     """Choose C by accuracy on a validation split of the training set. Takes no test data by design.
 
     The grid is swept from small to large C so a warm-starting solver starts near its answer;
-    ties go to the smaller C (the stronger regularisation)."""
+    ties go to the smaller C (the stronger regularisation), as in :func:`choose_c`."""
     fit_rows, val_rows = validation_split(labels, cfg.val_fraction, seed)
     x_fit, x_val = standardise(_rows(features, fit_rows), _rows(features, val_rows), copy=False,
                                enabled=cfg.standardize)
@@ -228,9 +228,15 @@ def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int
         accuracy = float(np.mean(model.predict(x_val) == y_val))
         table[C] = {"C": C, "val_accuracy": accuracy, "fit_seconds": round(time.perf_counter() - start, 3),
                     "iterations": int(np.max(getattr(model, "n_iter_", -1)))}
-    best = max(sorted(table), key=lambda c: table[c]["val_accuracy"])
-    edge = at_grid_edge({c: row["val_accuracy"] for c, row in table.items()}, best)
+    best, edge = choose_c({c: row["val_accuracy"] for c, row in table.items()})
     return Selection(best, [table[C] for C in cfg.c_grid], len(fit_rows), len(val_rows), edge)
+
+
+def choose_c(val_accuracy: dict[float, float]) -> tuple[float, bool]:
+    """The C with the highest validation accuracy (ties go to the smaller C, the stronger
+    regularisation), and whether it sits at the edge of the grid (see :func:`at_grid_edge`)."""
+    best = max(sorted(val_accuracy), key=lambda c: val_accuracy[c])
+    return best, at_grid_edge(val_accuracy, best)
 
 
 def at_grid_edge(val_accuracy: dict[float, float], best: float) -> bool:
