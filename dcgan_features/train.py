@@ -111,7 +111,8 @@ def restore_state(payload: dict, config: Config, device: torch.device, source: s
     state.epoch, state.step, state.global_step = payload["epoch"], payload["step"], payload["global_step"]
     state.low_loss_since = payload.get("low_loss_since", -1)
     state.train_seconds = payload.get("train_seconds", 0.0)
-    state.provenance = list(payload.get("provenance", []))
+    stored = payload.get("provenance", [])
+    state.provenance = [stored] if isinstance(stored, dict) else list(stored)  # older checkpoints held one dict
     return state
 
 

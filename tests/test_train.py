@@ -149,3 +149,15 @@ def test_provenance_records_each_training_process(tiny_config, tmp_path):
     history = load_checkpoint(tmp_path / "run" / "discriminator.pt")["provenance"]
     assert [entry["from_epoch"] for entry in history] == [0, 1]
     assert all(entry["git_commit"] and entry["created"] for entry in history)
+
+
+def test_resume_keeps_provenance_written_as_a_single_dict(tiny_config, tmp_path):
+    # checkpoints from commits f733955..99d5805 stored one provenance dict, not a list of processes
+    run = tmp_path / "run"
+    pretrain(apply_overrides(tiny_config, {"train.epochs": 1}), run, echo=lambda s: None)
+    payload = load_checkpoint(run / "checkpoint.pt")
+    old = {"git_commit": "f733955", "command": "dcgan-features pretrain", "created": "2026-11-22T16:40:00+00:00"}
+    save_checkpoint(run / "checkpoint.pt", {**payload, "provenance": old})
+    pretrain(tiny_config, run, echo=lambda s: None)
+    history = load_checkpoint(run / "discriminator.pt")["provenance"]
+    assert history[0] == old and history[1]["from_epoch"] == 1
