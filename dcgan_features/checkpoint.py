@@ -33,7 +33,8 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Write ``payload`` (already holding ``kind``) atomically: readers see the old file or the new one.
 
     Serialised through a buffer because torch.save names the archive's records after the file it
-    writes, and the temporary name is random: this way equal contents give equal bytes and sha256."""
+    writes, and the temporary name is random. Equal weights still need not give equal bytes: torch
+    writes a random serialization id, and payloads carry provenance timestamps. A sha256 names a file."""
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **payload}, buffer)
     with atomic_path(path) as tmp:

@@ -117,8 +117,8 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
 @click.option("--svm", "solver", type=click.Choice(["torch", "liblinear"]), default=None,
               help="SVM solver [default: the config's svm.solver].")
 @click.option("--bn-stats", type=click.Choice(["running", "data"]), default=None,
-              help="Batch-norm statistics for extraction: D's running averages, or recomputed on the "
-                   "labelled training pool as the paper's authors did [default: features.bn_stats].")
+              help="Batch-norm statistics for extraction: D's running averages, or recomputed from the "
+                   "training split's images as the paper's authors did [default: features.bn_stats].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Take [data], [features] and [svm] from this config (the architecture must match).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the validation split.")

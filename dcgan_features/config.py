@@ -139,7 +139,7 @@ class FeatureConfig:
     layers: tuple[str, ...] = ()  # block names, e.g. ("conv1", "conv2"); empty = every conv block
     grid: int = 4  # each block is max-pooled to grid x grid
     pool: str = "max"  # max | avg
-    bn_stats: str = "running"  # running (D's averages) | data (recomputed on the labelled training pool)
+    bn_stats: str = "running"  # running (D's averages) | data (recomputed from the training images)
     batch_size: int = 256
 
     def __post_init__(self) -> None:
