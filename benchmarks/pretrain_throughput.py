@@ -23,6 +23,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from dcgan_features.artifacts import git_commit
 from dcgan_features.config import load_config
 from dcgan_features.data import load_images, to_model_range
 from dcgan_features.train import new_state, train_step
@@ -102,7 +103,7 @@ def main() -> None:
     header = (f"Pretraining throughput, {args.dataset}, default model (D 64-128-256, batch 128), {args.steps} timed "
               f"steps each after 3 warm-up steps, {device}, {torch.get_num_threads()} threads; "
               f"{platform.machine()} {platform.system()}, python {platform.python_version()}, torch "
-              f"{torch.__version__}; {datetime.now(timezone.utc).isoformat(timespec='seconds')}.\n\n")
+              f"{torch.__version__}; git {git_commit()}; {datetime.now(timezone.utc).isoformat(timespec='seconds')}.\n\n")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "pretrain_throughput.md").write_text(header + table.to_markdown(index=False) +
