@@ -96,7 +96,27 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
     run_pretrain(config, out, force=force, echo=click.echo)
 
 
-@cli.command()
+class SeedsCommand(click.Command):
+    """Lets ``--seeds 0 1 2`` name several seeds after one flag, as ``--seeds 0 --seeds 1 --seeds 2`` does."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        spread, flag, taken = [], None, 0
+        for arg in args:
+            if flag and arg.isdigit():
+                spread += [flag, arg]
+                taken += 1
+                continue
+            if flag and not taken:
+                spread.append(flag)  # no number followed: let click report the missing value
+            flag, taken = (arg, 0) if arg in ("--seeds", "--seed") else (None, 0)
+            if flag is None:
+                spread.append(arg)
+        if flag and not taken:
+            spread.append(flag)
+        return super().parse_args(ctx, spread)
+
+
+@cli.command(cls=SeedsCommand)
 @click.option("--checkpoint", required=True, type=str, help="A run directory or a checkpoint .pt file.")
 @dataset_option
 @click.option("--data-root", type=str, default=None, help="Folder holding the dataset [default: the run's].")
@@ -121,7 +141,9 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
                    "training split's images as the paper's authors did [default: features.bn_stats].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="Take [data], [features] and [svm] from this config (the architecture must match).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the validation split.")
+@click.option("--seeds", "--seed", "seeds", type=click.IntRange(min=0), multiple=True, default=(0,), show_default=True,
+              help="Evaluation seeds (validation split, label draws, untrained baseline), e.g. --seeds 0 1 2: "
+                   "one result file per seed, then the mean ± std.")
 @click.option("--device", type=DEVICES, default="auto", show_default=True)
 @click.option("--results-dir", type=click.Path(file_okay=False), default="results", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
@@ -129,33 +151,35 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
 @click.option("--force", is_flag=True, help="Recompute and replace an existing result.")
 @set_option
 def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_class, draws, test_draws, val_size,
-             baseline, solver, bn_stats, config_path, seed, device, results_dir,
+             baseline, solver, bn_stats, config_path, seeds, device, results_dir,
              cache_dir, force, set_pairs):
     """Evaluate a checkpoint's frozen discriminator with an L2-SVM."""
-    from .evaluate import evaluate as run_evaluate
+    from .evaluate import evaluate_seeds
 
     if dataset is not None and dataset not in DATASETS:
         raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     overrides = _overrides(set_pairs, data__download=download, svm__solver=solver, features__bn_stats=bn_stats)
-    run_evaluate(checkpoint, dataset=dataset, data_root=data_root, config_path=config_path, overrides=overrides,
-                 seed=seed, protocol=protocol, device=device, results_dir=results_dir,
-                 cache_dir=cache_dir or default_cache_dir(), force=force, labels_per_class=labels_per_class,
-                 draws=draws, test_draws=test_draws, val_size=val_size, baseline=baseline, echo=click.echo)
+    evaluate_seeds(checkpoint, seeds, dataset=dataset, data_root=data_root, config_path=config_path,
+                   overrides=overrides, protocol=protocol, device=device, results_dir=results_dir,
+                   cache_dir=cache_dir or default_cache_dir(), force=force, labels_per_class=labels_per_class,
+                   draws=draws, test_draws=test_draws, val_size=val_size, baseline=baseline, echo=click.echo)
 
 
 @cli.command()
 @click.argument("results_dir", type=click.Path(file_okay=False), default="results")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Where report.md and report.csv go [default: RESULTS_DIR].")
-def report(results_dir, out):
+@click.option("--readme", type=click.Path(dir_okay=False), default=None,
+              help="Also render the table into this file between its <!-- report:begin/end --> lines.")
+def report(results_dir, out, readme):
     """Aggregate every result under RESULTS_DIR: mean ± std over seeds, and n."""
     from .results import write_report
 
     if not Path(results_dir).is_dir():
         raise UserError(f"results directory {results_dir} does not exist")
-    markdown, md_path, csv_path = write_report(results_dir, out)
+    markdown, md_path, csv_path = write_report(results_dir, out, readme)
     click.echo(markdown)
-    click.echo(f"\nwritten: {md_path}, {csv_path}")
+    click.echo(f"\nwritten: {md_path}, {csv_path}" + (f", {readme}" if readme else ""))
 
 
 @cli.command("import-dcgan-code")

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -86,14 +86,18 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
              seed: int = 0, protocol: str = "full", device: str = "auto", results_dir: str | Path = "results",
              cache_dir: str | Path | None = None, force: bool = False, labels_per_class: int | None = None,
              draws: int = 10, test_draws: int = 100, val_size: int = 10_000, baseline: str | None = None,
-             echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """Evaluate a checkpoint's frozen discriminator on ``dataset``; returns the result dict written to disk."""
+             echo: Callable[[str], None] = print, origin: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint's frozen discriminator on ``dataset``; returns the result dict written to disk.
+
+    ``seed`` drives everything random in the evaluation (validation split, label draws, the untrained
+    baseline's initialisation). ``origin`` is the provenance to record, read once when several seeds
+    are evaluated by one command."""
     if protocol not in PROTOCOLS:
         raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     labels_per_class = labels_per_class or DEFAULT_LABELS_PER_CLASS.get(protocol, 0)
     protocol_name = {"full": "full", "per-class": f"per-class-{labels_per_class}x{draws}",
                      "svhn-1000": f"svhn-{labels_per_class}pc-{draws}x{test_draws}-val{val_size}"}[protocol]
-    started, origin = time.perf_counter(), provenance()  # the commit that runs is the one checked out now
+    started, origin = time.perf_counter(), origin or provenance()  # the commit that runs is the one checked out now
     subject = load_subject(checkpoint, config_path, overrides or {}, baseline, seed)
     eval_dataset = dataset or subject.stored.data.dataset
     out_path = result_path(results_dir, eval_dataset=eval_dataset, protocol=protocol_name,
@@ -131,6 +135,22 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     echo(format_result(result))
     echo(f"result: {out_path}")
     return result
+
+
+def evaluate_seeds(checkpoint: str | Path, seeds: Sequence[int], *, echo: Callable[[str], None] = print,
+                   **options: Any) -> list[dict[str, Any]]:
+    """:func:`evaluate` once per seed (one result file each), then the mean ± std over seeds.
+
+    Features are computed once: the later seeds read them from the feature cache."""
+    if len(set(seeds)) != len(seeds):
+        raise UserError(f"a seed is given twice in --seeds {' '.join(map(str, seeds))}")
+    origin = provenance()
+    results = [evaluate(checkpoint, seed=seed, echo=echo, origin=origin, **options) for seed in seeds]
+    if len(results) > 1:
+        accuracies = 100 * np.array([r["test_accuracy"] for r in results])
+        echo(f"seeds {', '.join(map(str, seeds))}: test accuracy {accuracies.mean():.2f} ± "
+             f"{accuracies.std(ddof=1):.2f} (mean ± sample std, n={len(results)})")
+    return results
 
 
 def extract_splits(subject: Subject, dataset: str, root: str, cache_dir, device, echo):
@@ -176,7 +196,8 @@ def subject_record(subject: Subject) -> dict[str, Any]:
                 "checkpoint": {"path": str(subject.path), "sha256": subject.sha256, "kind": subject.payload["kind"],
                                "architecture_from": sha256_file(subject.path)}}
     return {"pretrain": {"dataset": subject.stored.data.dataset, "architecture": architecture_name(subject.stored.model),
-                         "seed": subject.stored.train.seed, "epochs": subject.payload.get("epoch"),
+                         "seed": None if subject.payload.get("kind") == "imported" else subject.stored.train.seed,
+                         "epochs": subject.payload.get("epoch"),
                          "train_seconds": subject.payload.get("train_seconds"),
                          "provenance": subject.payload.get("provenance")},
             "checkpoint": {"path": str(subject.path), "sha256": subject.sha256, "kind": subject.payload.get("kind")}}

@@ -105,19 +105,33 @@ def load_results(results_dir: str | Path) -> pd.DataFrame:
                          "transfer": "yes" if result["pretrain"]["dataset"] != result["eval_dataset"] else "no",
                          "bn_stats": result.get("bn_stats", "running"),
                          "accuracy": 100 * result["test_accuracy"], "seed": result["seed"],
+                         # an imported model's training seed is unknown, whatever its config says
+                         "pretrain_seed": None if result.get("checkpoint", {}).get("kind") == "imported"
+                         else result["pretrain"].get("seed"),
+                         "draw_std": 100 * result["test_accuracy_std"] if "test_accuracy_std" in result else None,
                          "feature_dim": result["feature_dim"], "file": str(path)})
     if not rows:
         raise UserError(f"no result files under {results_dir}")
     return pd.DataFrame(rows)
 
 
+def _seed_list(seeds: pd.Series) -> str:
+    known = sorted({int(s) for s in seeds if s is not None and s == s})
+    return ",".join(map(str, known)) or "-"
+
+
 def report_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean +- sample std of test accuracy over seeds, and n, per (pretraining, architecture, evaluation)."""
+    """Mean +- sample std of test accuracy over results (seeds), and n, per (pretraining, architecture,
+    evaluation). ``seeds`` lists pretraining / evaluation seeds; ``draw std`` is the mean within-run std
+    over label draws (the ± the paper quotes for 400 per class), empty for single-split protocols."""
     grouped = results.groupby(GROUP_COLUMNS, sort=True)
     table = grouped.agg(mean=("accuracy", "mean"), std=("accuracy", "std"), n=("accuracy", "size"),
-                        feature_dim=("feature_dim", "first")).reset_index()
+                        feature_dim=("feature_dim", "first"), draw_std=("draw_std", "mean"),
+                        pretrain_seeds=("pretrain_seed", _seed_list), eval_seeds=("seed", _seed_list)).reset_index()
     table["accuracy (%)"] = [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}" for m, s, n in
                              zip(table["mean"], table["std"], table["n"])]
+    table["draw std"] = [f"{d:.2f}" if d == d else "" for d in table["draw_std"]]
+    table["seeds (pretrain / eval)"] = table["pretrain_seeds"] + " / " + table["eval_seeds"]
     return table
 
 
@@ -125,30 +139,56 @@ def report_table(results: pd.DataFrame) -> pd.DataFrame:
 PAPER_REFERENCE = [
     {"pretrain_data": "PAPER (reference, not run here): ImageNet-1k", "architecture": "paper DCGAN, 28,672-d",
      "eval_dataset": "cifar10", "transfer": "yes", "protocol": "full", "bn_stats": "",
-     "accuracy (%)": "82.80", "n": "", "feature_dim": "28672"},
+     "accuracy (%)": "82.80", "draw std": "", "n": "", "seeds (pretrain / eval)": "", "feature_dim": "28672"},
     {"pretrain_data": "PAPER (reference, not run here): ImageNet-1k", "architecture": "paper DCGAN, 28,672-d",
      "eval_dataset": "cifar10", "transfer": "yes", "protocol": "per-class-400", "bn_stats": "",
-     "accuracy (%)": "73.80 ± 0.40", "n": "", "feature_dim": "28672"},
+     "accuracy (%)": "73.80", "draw std": "0.40", "n": "", "seeds (pretrain / eval)": "", "feature_dim": "28672"},
     {"pretrain_data": "PAPER (reference, not run here): SVHN", "architecture": "paper SVHN DCGAN",
      "eval_dataset": "svhn", "transfer": "no", "protocol": "svhn-1000-labels", "bn_stats": "data",
-     "accuracy (%)": "77.52 (22.48% error; table as quoted later: 22.18 ± 1.13)", "n": "", "feature_dim": "7168"},
+     "accuracy (%)": "77.52 (22.48% error; table as quoted later: 22.18 ± 1.13)", "draw std": "", "n": "",
+     "seeds (pretrain / eval)": "", "feature_dim": "7168"},
 ]
 
 
-def write_report(results_dir: str | Path, out_dir: str | Path | None = None) -> tuple[str, Path, Path]:
-    """Render the report as Markdown and CSV next to the results (or in ``out_dir``)."""
+REPORT_FOOTNOTE = ("Test accuracy; ± is the sample standard deviation over the n results (seeds) in the row; "
+                   "draw std is the mean standard deviation over label draws within a result. C was chosen on a "
+                   "validation split of the training set in every row.")
+README_MARKERS = ("<!-- report:begin -->", "<!-- report:end -->")
+
+
+def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
+                 readme: str | Path | None = None) -> tuple[str, Path, Path]:
+    """Render the report as Markdown and CSV next to the results (or in ``out_dir``), and optionally
+    into ``readme`` between its ``<!-- report:begin -->`` and ``<!-- report:end -->`` lines."""
     table = report_table(load_results(results_dir))
     out_dir = Path(out_dir or results_dir)
-    columns = GROUP_COLUMNS + ["accuracy (%)", "n", "feature_dim"]
+    columns = GROUP_COLUMNS + ["accuracy (%)", "draw std", "n", "seeds (pretrain / eval)", "feature_dim"]
     shown = pd.concat([table[columns].astype(str), pd.DataFrame(PAPER_REFERENCE)[columns]], ignore_index=True)
     markdown = shown.to_markdown(index=False, disable_numparse=True)
+    if readme is not None:
+        render_into_readme(Path(readme), markdown + "\n\n" + REPORT_FOOTNOTE)
     md_path, csv_path = out_dir / "report.md", out_dir / "report.csv"
     with atomic_path(md_path) as tmp:
-        tmp.write_text(markdown + "\n\nTest accuracy; ± is the sample standard deviation over n seeds. "
-                       "C was chosen on a validation split of the training set in every row.\n")
+        tmp.write_text(markdown + "\n\n" + REPORT_FOOTNOTE + "\n")
     with atomic_path(csv_path) as tmp:
-        table.drop(columns=["accuracy (%)"]).to_csv(tmp, index=False, float_format="%.4f")
+        table.drop(columns=["accuracy (%)", "draw std", "seeds (pretrain / eval)"]).to_csv(
+            tmp, index=False, float_format="%.4f")
     return markdown, md_path, csv_path
+
+
+def render_into_readme(readme: Path, text: str) -> None:
+    """Replace what lies between the README's report markers; everything else is kept byte for byte."""
+    begin, end = README_MARKERS
+    try:
+        content = readme.read_text()
+    except OSError as exc:
+        raise UserError(f"cannot read {readme}: {exc.strerror}") from None
+    if content.count(begin) != 1 or content.count(end) != 1 or content.index(begin) > content.index(end):
+        raise UserError(f"{readme} needs one '{begin}' line followed by one '{end}' line to render the report into")
+    head, rest = content.split(begin)
+    tail = rest.split(end)[1]
+    with atomic_path(readme) as tmp:
+        tmp.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
 def read_result(path: str | Path) -> dict[str, Any]:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -29,21 +30,29 @@ def run_cli(*args, cwd):
 def test_pretrain_evaluate_report_end_to_end(dataset, extra, tmp_path):
     run_cli("pretrain", "--dataset", dataset, "--out", "runs/a", "--batch-size", "64", *extra, *TINY, cwd=tmp_path)
     assert (tmp_path / "runs/a/discriminator.pt").is_file()
-    out = run_cli("evaluate", "--checkpoint", "runs/a", "--dataset", dataset, "--results-dir", "res",
-                  "--cache-dir", "cache", "--svm", "torch", "--set", "svm.c_grid=[1e-3, 1e-1]", cwd=tmp_path)
-    assert "chosen on validation" in out and "test accuracy" in out
-    (result_file,) = (tmp_path / "res").glob("*.json")
-    result = json.loads(result_file.read_text())
+    evaluate = ["evaluate", "--checkpoint", "runs/a", "--dataset", dataset, "--results-dir", "res",
+                "--cache-dir", "cache", "--svm", "torch", "--seeds", "0", "1", "--set", "svm.c_grid=[1e-3, 1e-1]"]
+    out = run_cli(*evaluate, cwd=tmp_path)
+    assert "chosen on validation" in out and "test accuracy" in out and "(mean ± sample std, n=2)" in out
+    result_files = sorted((tmp_path / "res").glob("*.json"))
+    assert [p.name[-10:] for p in result_files] == ["seed0.json", "seed1.json"]  # one file per seed
+    result, other = (json.loads(p.read_text()) for p in result_files)
+    assert (result["seed"], other["seed"]) == (0, 1) and "--seeds 0 1" in other["command"]
+    assert other["cache_hit"] == {"train": True, "test": True}  # the second seed reuses the features
     assert result["test_accuracy"] > 0.5  # ten classes: chance is 0.1
     assert result["chosen_C"] in (1e-3, 1e-1) and len(result["validation"]) == 2
     assert result["checkpoint"]["sha256"] and result["git_commit"] and result["command"].startswith("dcgan-features")
     assert result["config"]["model"]["width"] == 8 and result["timings"]["total_s"] > 0
     # a second evaluate reuses the result instead of overwriting it
-    again = run_cli("evaluate", "--checkpoint", "runs/a", "--dataset", dataset, "--results-dir", "res",
-                    "--cache-dir", "cache", "--svm", "torch", "--set", "svm.c_grid=[1e-3, 1e-1]", cwd=tmp_path)
-    assert "already evaluated" in again
-    report = run_cli("report", "res", cwd=tmp_path)
+    again = run_cli(*evaluate, cwd=tmp_path)
+    assert again.count("already evaluated") == 2
+    (tmp_path / "README.md").write_text("# Runs\n<!-- report:begin -->\nold table\n<!-- report:end -->\nkept\n")
+    report = run_cli("report", "res", "--readme", "README.md", cwd=tmp_path)
     assert dataset in report and (tmp_path / "res/report.csv").is_file()
+    readme = (tmp_path / "README.md").read_text()
+    assert "old table" not in readme and readme.startswith("# Runs\n") and readme.endswith("<!-- report:end -->\nkept\n")
+    row = next(line for line in readme.splitlines() if line.startswith(f"| {dataset} "))
+    assert "| 2 " in row and "| 0 / 0,1 " in row  # n and seeds (pretrain / eval)
 
 
 def fail(*args):
@@ -106,6 +115,24 @@ def test_report_aggregates_seeds_and_marks_transfer(tmp_path):
     assert "71.00 ± 1.41" in rows["cifar10"] and "| 2 " in rows["cifar10"]
     assert "yes" in rows["svhn"] and "| 60.00 " in rows["svhn"]  # two decimals kept
     assert md_path.is_file() and csv_path.read_text().count("\n") == 3
+    assert "needs one '<!-- report:begin -->'" in fail("report", tmp_path, "--readme", md_path)
+
+
+def test_evaluate_seeds_option_takes_several_numbers(tmp_path):
+    cmd = cli.commands["evaluate"]
+
+    def seeds(*args):
+        ctx = click.Context(cmd)
+        cmd.parse_args(ctx, ["--checkpoint", "x", *args])
+        return ctx.params["seeds"]
+
+    assert seeds() == (0,)
+    assert seeds("--seeds", "0", "1", "2", "--dataset", "fake") == (0, 1, 2)
+    assert seeds("--seed", "3") == seeds("--seeds", "3") == (3,)
+    assert seeds("--seeds", "4", "--seeds", "5") == (4, 5)
+    assert "is not in the range" in fail("evaluate", "--checkpoint", tmp_path, "--seeds", "-1")
+    assert "'--seeds'" in fail("evaluate", "--checkpoint", tmp_path, "--seeds", "--dataset", "fake")
+    assert "given twice" in fail("evaluate", "--checkpoint", tmp_path, "--seeds", "1", "1")
 
 
 def test_per_class_protocol_end_to_end_and_its_bad_input(tmp_path, tiny_run):
