@@ -116,6 +116,12 @@ class TrainConfig:
     num_samples: int = 64  # fixed-noise images in each epoch's sample grid
     collapse_loss: float = 1e-3  # D loss below this at every log for collapse_steps steps: reported as collapse
     collapse_steps: int = 500
+    # Speed only (a resumed run may change them): NHWC tensors, which CPU and GPU convolutions prefer;
+    # bf16 autocast and torch.compile, meant for GPUs and off by default (GAN discriminators are known
+    # to produce NaNs under mixed precision; compiling costs a minute up front and needs a C++ compiler on CPU).
+    channels_last: bool = True
+    bf16: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.device not in ("auto", "cpu", "cuda"):

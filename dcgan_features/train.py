@@ -85,11 +85,18 @@ class TrainingState:
         }
 
 
+SPEED_KEYS = ("train.channels_last", "train.bf16", "train.compile")
+
+
 def new_state(config: Config, device: torch.device) -> TrainingState:
     torch.manual_seed(config.train.seed)  # model initialisation
     g, d = build_models(config.model)
-    g, d = g.to(device), d.to(device)
     tc = config.train
+    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+    g, d = g.to(device, memory_format=memory_format), d.to(device, memory_format=memory_format)
+    if tc.compile:  # in place, so state_dict keys stay those of the plain modules
+        g.compile()
+        d.compile()
     return TrainingState(
         generator=g, discriminator=d,
         opt_g=torch.optim.Adam(g.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2)),
@@ -128,7 +135,7 @@ def prepare_run(run_dir: Path, config: Config, force: bool) -> dict | None:
             shutil.rmtree(run_dir / name, ignore_errors=True)
     if config_path.exists():
         stored = config_of({"config": read_json(config_path)}, str(config_path))
-        changed = _changed_keys(stored, config, ignore={"train.epochs", "train.device", "data.root"},
+        changed = _changed_keys(stored, config, ignore={"train.epochs", "train.device", "data.root", *SPEED_KEYS},
                                 ignore_sections={"features", "svm"})  # evaluation settings, not training
         if changed:
             raise UserError(f"run {run_dir} was started with a different config ({', '.join(changed)}); "
@@ -203,6 +210,8 @@ def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: to
         while state.step < steps_per_epoch:
             index = order[state.step * tc.batch_size:(state.step + 1) * tc.batch_size]
             real = to_model_range(data.images[index].to(device, non_blocking=True))
+            if tc.channels_last:
+                real = real.contiguous(memory_format=torch.channels_last)
             stats = train_step(state, real, config, device)
             state.step += 1
             state.global_step += 1
@@ -222,17 +231,20 @@ def train_step(state: TrainingState, real: torch.Tensor, config: Config, device:
     z = sample_noise(real.shape[0], config.model, state.noise_rng).to(device)
     ones = torch.ones(real.shape[0], device=device)
     zeros = torch.zeros(real.shape[0], device=device)
-    fake = g(z)
-    # D sees real and fake in separate batches, so each gets its own batch-norm statistics.
+    precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.bf16)
+    with precision:
+        fake = g(z)
+        # D sees real and fake in separate batches, so each gets its own batch-norm statistics.
+        logits_real, logits_fake = d(real), d(fake.detach())
+        loss_d = F.binary_cross_entropy_with_logits(logits_real.float(), ones) + \
+            F.binary_cross_entropy_with_logits(logits_fake.float(), zeros)
     state.opt_d.zero_grad(set_to_none=True)
-    logits_real, logits_fake = d(real), d(fake.detach())
-    loss_d = F.binary_cross_entropy_with_logits(logits_real, ones) + \
-        F.binary_cross_entropy_with_logits(logits_fake, zeros)
     loss_d.backward()
     state.opt_d.step()
     state.opt_g.zero_grad(set_to_none=True)
-    logits_g = d(fake)
-    loss_g = F.binary_cross_entropy_with_logits(logits_g, ones)
+    with precision:
+        logits_g = d(fake)
+    loss_g = F.binary_cross_entropy_with_logits(logits_g.float(), ones)
     loss_g.backward()
     state.opt_g.step()
     return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_x": torch.sigmoid(logits_real).mean().detach(),

@@ -161,3 +161,27 @@ def test_resume_keeps_provenance_written_as_a_single_dict(tiny_config, tmp_path)
     pretrain(tiny_config, run, echo=lambda s: None)
     history = load_checkpoint(run / "discriminator.pt")["provenance"]
     assert history[0] == old and history[1]["from_epoch"] == 1
+
+
+def test_memory_format_and_bf16_are_speed_settings_only(tiny_config, tmp_path):
+    """channels_last changes tensor strides, not the model: three steps from the same state in both
+    layouts give the same weights up to float rounding. bf16 autocast trains with finite losses and
+    keeps float32 weights."""
+    from dcgan_features.data import load_images, to_model_range
+
+    images = to_model_range(load_images("fake", "", "train", image_size=32, channels=3).images[:64])
+    device = torch.device("cpu")
+    states = {}
+    for name, overrides in {"nchw": {"train.channels_last": False}, "nhwc": {"train.channels_last": True},
+                            "bf16": {"train.bf16": True}}.items():
+        config = apply_overrides(tiny_config, overrides)
+        state = train_module.new_state(config, device)
+        real = images.contiguous(memory_format=torch.channels_last) if config.train.channels_last else images
+        stats = [train_module.train_step(state, real, config, device) for _ in range(3)]
+        assert all(torch.isfinite(s["loss_d"]) and torch.isfinite(s["loss_g"]) for s in stats)
+        states[name] = {**state.generator.state_dict(), **{f"d.{k}": v for k, v in state.discriminator.state_dict().items()}}
+    a, b, low = states["nchw"], states["nhwc"], states["bf16"]
+    assert b["d.blocks.conv2.0.weight"].is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
+    assert any(not torch.allclose(a[k].float(), low[k].float(), atol=1e-5) for k in a)  # bf16 really ran
+    assert all(v.dtype != torch.bfloat16 for v in low.values())
