@@ -111,7 +111,7 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     train, test, spec, timings = extract_splits(subject, eval_dataset, data_root or subject.stored.data.root,
                                                 cache_dir, torch_device, echo)
     factory = partial(make_classifier, subject.config.svm, device=str(torch_device))
-    arrays = (np.asarray(train.features), train.labels, np.asarray(test.features), test.labels,
+    arrays = (train.features, train.labels, test.features, test.labels,  # memory-mapped when cached
               subject.config.svm, seed, factory)
     if protocol == "full":
         outcome = run_full(*arrays)

@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +156,8 @@ def cached_features(extractor: nn.Module, data: ImageSet, key: dict[str, Any], c
         return hit
     features = extract(extractor, data.images, batch_size, device)
     _write_entry(entry, key, features, labels)
-    return FeatureSet(features, labels, np.arange(len(data)), False)
+    stored = _read_entry(entry, key)  # memory-mapped like any hit, so the extracted copy is freed on return
+    return FeatureSet(features, labels, np.arange(len(data)), False) if stored is None else replace(stored, cache_hit=False)
 
 
 def _read_entry(entry: Path, key: dict[str, Any]) -> FeatureSet | None:

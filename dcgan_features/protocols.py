@@ -20,14 +20,26 @@ import numpy as np
 
 from .config import SvmConfig
 from .errors import UserError
-from .svm import ClassifierFactory, choose_c, fit_and_score, select_c
+from .svm import (ClassifierFactory, choose_c, fit_and_score, fit_and_test, fitted_scaler, read_rows,
+                  scale_in_place, select_c, standardise, sweep_c, validation_split)
 
 
 def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory) -> dict:
+    """All training images: C on a stratified validation split, refit on everything, test once.
+
+    The training features are held once, as one float32 array with the fitting rows first, so that the
+    fitting and validation parts are views; for the refit the same array is refilled and rescaled."""
     start = time.perf_counter()
-    selection = select_c(train_x, train_y, cfg, seed, factory)
+    fit_rows, val_rows = validation_split(train_y, cfg.val_fraction, seed)
+    order, n_fit = np.concatenate([fit_rows, val_rows]), len(fit_rows)
+    X, y = read_rows(train_x, order), train_y[order]
+    if cfg.standardize:
+        scale_in_place(X, fitted_scaler(X[:n_fit]))
+    selection = sweep_c(X[:n_fit], y[:n_fit], X[n_fit:], y[n_fit:], cfg, factory)
     select_s = time.perf_counter() - start
-    scored = fit_and_score(train_x, train_y, test_x, test_y, selection.best_c, factory, cfg.standardize)
+    X = read_rows(train_x, order, out=X)  # raw again: the refit is scaled with statistics of all its rows
+    X, X_test = standardise(X, read_rows(test_x, np.arange(len(test_y))), copy=False, enabled=cfg.standardize)
+    scored = fit_and_test(X, y, X_test, test_y, selection.best_c, factory)
     return {"test_accuracy": scored["test_accuracy"], "chosen_C": selection.best_c,
             "validation": selection.table, "c_at_grid_edge": selection.at_grid_edge,
             "n_train": int(len(train_y)), "n_fit": selection.n_fit, "n_val": selection.n_val,

@@ -15,6 +15,7 @@ sees test data), then the model is refit on all training data and scored once on
 
 from __future__ import annotations
 
+import mmap
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -189,38 +190,83 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return np.sort(fit_rows), np.sort(val_rows)
 
 
-CHUNK_ROWS = 4096
+CHUNK_VALUES = 1 << 24  # values per chunk when scaling or reading features: 128 MB as float64
+
+
+def _chunk_rows(array: np.ndarray) -> int:
+    return max(1, CHUNK_VALUES // max(1, int(np.prod(array.shape[1:]))))
+
+
+def read_rows(features: np.ndarray, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``features[rows]`` as one float32 array (into ``out`` when given).
+
+    A memory-mapped cache is read with plain file reads, block by block in file order: mapped pages
+    would count towards the process's memory until unmapped, so at the paper's scale (50,000 x 28,672)
+    gathering through the map would hold the features twice."""
+    out = np.empty((len(rows), *features.shape[1:]), np.float32) if out is None else out
+    mapped_whole = isinstance(features, np.memmap) and isinstance(features.base, mmap.mmap)  # not a view of one
+    if not (mapped_whole and features.flags.c_contiguous and features.filename):
+        out[:] = features[rows]
+        return out
+    position = np.full(len(features), -1)
+    position[rows] = np.arange(len(rows))
+    row_bytes = features.dtype.itemsize * int(np.prod(features.shape[1:]))
+    block = _chunk_rows(features)
+    with open(features.filename, "rb") as stream:
+        for start in range(0, len(features), block):
+            wanted = position[start:start + block]
+            if (wanted < 0).all():
+                continue
+            stream.seek(features.offset + start * row_bytes)
+            chunk = np.fromfile(stream, dtype=features.dtype, count=len(wanted) * row_bytes // features.dtype.itemsize)
+            chunk = chunk.reshape(len(wanted), *features.shape[1:])
+            out[wanted[wanted >= 0]] = chunk[wanted >= 0]
+    return out
+
+
+def fitted_scaler(train: np.ndarray) -> StandardScaler:
+    """Mean and std of ``train`` accumulated in float64 over row chunks, never holding a float64 copy."""
+    scaler = StandardScaler()
+    step = _chunk_rows(train)
+    for start in range(0, len(train), step):
+        scaler.partial_fit(train[start:start + step])
+    return scaler
+
+
+def scale_in_place(array: np.ndarray, scaler: StandardScaler) -> np.ndarray:
+    step = _chunk_rows(array)
+    for start in range(0, len(array), step):
+        array[start:start + step] = scaler.transform(array[start:start + step])
+    return array
 
 
 def standardise(train: np.ndarray, *others: np.ndarray, copy: bool = True, enabled: bool = True) -> list[np.ndarray]:
     """Scale with statistics of ``train`` only, as float32. With ``copy`` the inputs (possibly
     memory-mapped caches) are left alone and each is copied once; without it, float32 arrays are
-    scaled in place. Statistics are accumulated in float64 over row chunks, so no array is held twice.
-    With ``enabled=False`` the arrays only become float32 (the authors' "no normalisation")."""
-    if not enabled:
-        return [np.array(a, dtype=np.float32, copy=copy or a.dtype != np.float32) for a in (train, *others)]
-    scaler = StandardScaler()
-    for start in range(0, len(train), CHUNK_ROWS):
-        scaler.partial_fit(train[start:start + CHUNK_ROWS])
-    scaled = []
-    for array in (train, *others):
-        out = np.array(array, dtype=np.float32, copy=copy or array.dtype != np.float32)
-        for start in range(0, len(out), CHUNK_ROWS):
-            out[start:start + CHUNK_ROWS] = scaler.transform(out[start:start + CHUNK_ROWS])
-        scaled.append(out)
-    return scaled
+    scaled in place. With ``enabled=False`` the arrays only become float32 (the authors' "no normalisation")."""
+    arrays = [np.array(a, dtype=np.float32, copy=copy or a.dtype != np.float32) for a in (train, *others)]
+    if enabled:
+        scaler = fitted_scaler(arrays[0])
+        for array in arrays:
+            scale_in_place(array, scaler)
+    return arrays
 
 
 def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int,
              factory: ClassifierFactory) -> Selection:
-    """Choose C by accuracy on a validation split of the training set. Takes no test data by design.
+    """Choose C by accuracy on a validation split of the training set. Takes no test data by design."""
+    fit_rows, val_rows = validation_split(labels, cfg.val_fraction, seed)
+    x_fit, x_val = standardise(read_rows(features, fit_rows), read_rows(features, val_rows), copy=False,
+                               enabled=cfg.standardize)
+    return sweep_c(x_fit, labels[fit_rows], x_val, labels[val_rows], cfg, factory)
+
+
+def sweep_c(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, cfg: SvmConfig,
+            factory: ClassifierFactory) -> Selection:
+    """Fit every C of the grid on (x_fit, y_fit) and score it on the validation arrays.
 
     The grid is swept from small to large C so a warm-starting solver starts near its answer;
     ties go to the smaller C (the stronger regularisation), as in :func:`choose_c`."""
-    fit_rows, val_rows = validation_split(labels, cfg.val_fraction, seed)
-    x_fit, x_val = standardise(_rows(features, fit_rows), _rows(features, val_rows), copy=False,
-                               enabled=cfg.standardize)
-    y_fit, y_val = labels[fit_rows], labels[val_rows]
     table, model = {}, None
     for C in sorted(cfg.c_grid):
         start = time.perf_counter()
@@ -229,7 +275,7 @@ def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int
         table[C] = {"C": C, "val_accuracy": accuracy, "fit_seconds": round(time.perf_counter() - start, 3),
                     "iterations": int(np.max(getattr(model, "n_iter_", -1)))}
     best, edge = choose_c({c: row["val_accuracy"] for c, row in table.items()})
-    return Selection(best, [table[C] for C in cfg.c_grid], len(fit_rows), len(val_rows), edge)
+    return Selection(best, [table[C] for C in cfg.c_grid], len(y_fit), len(y_val), edge)
 
 
 def choose_c(val_accuracy: dict[float, float]) -> tuple[float, bool]:
@@ -249,11 +295,6 @@ def at_grid_edge(val_accuracy: dict[float, float], best: float) -> bool:
     return val_accuracy[best] > val_accuracy[neighbour]
 
 
-def _rows(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``features[rows]`` as float32 (one copy, also from a memory-mapped cache)."""
-    return np.asarray(features[rows], dtype=np.float32)
-
-
 def _refit(previous, factory: ClassifierFactory, C: float):
     """Reuse the previous estimator (keeping its solution for warm starts) where it supports that."""
     if previous is not None and getattr(previous, "warm_start", False):
@@ -263,8 +304,14 @@ def _refit(previous, factory: ClassifierFactory, C: float):
 
 def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                   C: float, factory: ClassifierFactory, standardize: bool = True) -> dict:
-    """Refit on the whole training set at ``C`` and score the test set, once."""
+    """Refit on the whole training set at ``C`` and score the test set, once (inputs are left alone)."""
     x_train, x_test = standardise(train_x, test_x, enabled=standardize)
+    return fit_and_test(x_train, train_y, x_test, test_y, C, factory)
+
+
+def fit_and_test(x_train: np.ndarray, train_y: np.ndarray, x_test: np.ndarray, test_y: np.ndarray,
+                 C: float, factory: ClassifierFactory) -> dict:
+    """Fit prepared (already scaled) arrays at ``C`` and score the test arrays once."""
     start = time.perf_counter()
     model = factory(C).fit(x_train, train_y)
     fit_seconds = time.perf_counter() - start

@@ -4,6 +4,7 @@ from sklearn.svm import LinearSVC
 
 from dcgan_features.config import SvmConfig
 from dcgan_features.errors import UserError
+from dcgan_features.protocols import run_full
 from dcgan_features.svm import (TorchL2SVM, fit_and_score, l2svm_objective, make_classifier, select_c,
                                 standardise, validation_split)
 
@@ -90,6 +91,13 @@ def test_c_is_never_chosen_with_test_data():
     again = select_c(X[:600], y[:600], cfg, seed=0, factory=lambda C: make_classifier(cfg, C))
     assert again.best_c == selection.best_c
     assert [r["val_accuracy"] for r in again.table] == [r["val_accuracy"] for r in selection.table]
+    # the full protocol's own path (one array, refilled for the refit) keeps the same order and choice
+    spy.calls.clear()
+    outcome = run_full(X[:600], y[:600], X_test, y_test, cfg, 0, spy)
+    assert outcome["chosen_C"] == selection.best_c and outcome["validation"] == [
+        {**row, "fit_seconds": new["fit_seconds"]} for row, new in zip(selection.table, outcome["validation"])]
+    assert spy.calls[-2:] == [("fit", selection.best_c, 600), ("predict", selection.best_c, len(X_test))]
+    assert all(n != len(X_test) for kind, _, n in spy.calls[:-1])
 
 
 def test_standardise_uses_training_statistics_only():
@@ -125,3 +133,20 @@ def test_grid_edge_needs_a_strict_improvement():
     assert at_grid_edge({1e-3: 0.9, 1e-2: 0.8, 1e-1: 0.7}, 1e-3)
     assert not at_grid_edge({1e-3: 0.9, 1e-2: 0.9, 1e-1: 0.9}, 1e-3)  # a tie
     assert not at_grid_edge({1e-3: 0.8, 1e-2: 0.9, 1e-1: 0.7}, 1e-2)
+
+
+def test_read_rows_from_a_memory_mapped_cache_matches_fancy_indexing(tmp_path, monkeypatch):
+    """The file-read path (used so mapped pages do not count twice) returns exactly features[rows],
+    in the requested order, across block boundaries; slices of a map take the plain path."""
+    import dcgan_features.svm as svm_module
+
+    monkeypatch.setattr(svm_module, "CHUNK_VALUES", 7 * 5)  # blocks of 5 rows
+    data = np.random.default_rng(0).normal(size=(23, 7)).astype(np.float32)
+    np.save(tmp_path / "f.npy", data)
+    mapped = np.load(tmp_path / "f.npy", mmap_mode="r")
+    rows = np.array([22, 0, 7, 6, 13, 1, 20])
+    assert np.array_equal(svm_module.read_rows(mapped, rows), data[rows])
+    assert np.array_equal(svm_module.read_rows(mapped[3:], rows[rows < 20]), data[3:][rows[rows < 20]])
+    out = np.zeros((len(rows), 7), np.float32)
+    assert svm_module.read_rows(mapped, rows, out=out) is out and np.array_equal(out, data[rows])
+    assert np.array_equal(svm_module.read_rows(data, rows), data[rows])  # in-memory input
