@@ -117,7 +117,8 @@ class SeedsCommand(click.Command):
 
 
 @cli.command(cls=SeedsCommand)
-@click.option("--checkpoint", required=True, type=str, help="A run directory or a checkpoint .pt file.")
+@click.option("--checkpoint", type=str, default=None,
+              help="A run directory or a checkpoint .pt file (a --baseline may take its architecture from --config).")
 @dataset_option
 @click.option("--data-root", type=str, default=None, help="Folder holding the dataset [default: the run's].")
 @click.option("--download", is_flag=True, default=None, help="Fetch the dataset with torchvision if missing.")

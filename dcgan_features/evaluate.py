@@ -64,24 +64,31 @@ class Subject:
 BASELINES = ("pixels", "untrained")
 
 
-def load_subject(checkpoint: str | Path, config_path, overrides: Mapping[str, Any], baseline: str | None = None,
+def load_subject(checkpoint: str | Path | None, config_path, overrides: Mapping[str, Any], baseline: str | None = None,
                  seed: int = 0) -> Subject:
-    """The checkpoint's D, or for a baseline a stand-in that keeps its architecture and data settings."""
-    path = resolve_checkpoint(checkpoint)
-    payload = load_checkpoint(path)
-    discriminator, stored = load_discriminator(payload, str(path))
-    config = evaluation_config(stored, config_path, overrides)
-    if baseline is None:
-        return Subject(path, sha256_file(path), payload, discriminator, stored, config)
-    if baseline not in BASELINES:
+    """The checkpoint's D, or for a baseline a stand-in that keeps its architecture and data settings.
+    A baseline needs no checkpoint when ``config_path`` gives the architecture."""
+    if baseline is not None and baseline not in BASELINES:
         raise UserError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
+    if checkpoint is None:
+        if baseline is None or config_path is None:
+            raise UserError("--checkpoint is required, except for a --baseline whose architecture comes from --config")
+        path = Path(config_path)
+        stored = config = apply_overrides(Config.from_dict(read_config_file(config_path), str(config_path)), overrides)
+    else:
+        path = resolve_checkpoint(checkpoint)
+        payload = load_checkpoint(path)
+        discriminator, stored = load_discriminator(payload, str(path))
+        config = evaluation_config(stored, config_path, overrides)
+        if baseline is None:
+            return Subject(path, sha256_file(path), payload, discriminator, stored, config)
     torch.manual_seed(seed)
     untrained = build_models(stored.model)[1]
     identity = hashlib.sha256(json.dumps([baseline, stored.model.__repr__(), seed]).encode()).hexdigest()
     return Subject(path, identity, {"kind": f"{baseline}-baseline", "epoch": 0}, untrained, stored, config, baseline)
 
 
-def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: str | None = None,
+def evaluate(checkpoint: str | Path | None, *, dataset: str | None = None, data_root: str | None = None,
              config_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
              seed: int = 0, protocol: str = "full", device: str = "auto", results_dir: str | Path = "results",
              cache_dir: str | Path | None = None, force: bool = False, labels_per_class: int | None = None,
@@ -137,7 +144,7 @@ def evaluate(checkpoint: str | Path, *, dataset: str | None = None, data_root: s
     return result
 
 
-def evaluate_seeds(checkpoint: str | Path, seeds: Sequence[int], *, echo: Callable[[str], None] = print,
+def evaluate_seeds(checkpoint: str | Path | None, seeds: Sequence[int], *, echo: Callable[[str], None] = print,
                    **options: Any) -> list[dict[str, Any]]:
     """:func:`evaluate` once per seed (one result file each), then the mean ± std over seeds.
 

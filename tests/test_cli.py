@@ -159,6 +159,13 @@ def test_baselines_run_through_the_same_pipeline(tmp_path, tiny_run):
     assert len(list((tmp_path / "res").glob("*.json"))) == 3  # three distinct result files
     with pytest.raises(UserError, match="unknown baseline"):
         evaluate(tiny_run, baseline="noise", **common)
+    # a baseline can take its architecture from a config instead of a checkpoint
+    (tmp_path / "tiny.toml").write_text('[data]\ndataset = "fake"\n[model]\nwidth = 8\n')
+    from_config = evaluate(None, baseline="untrained", config_path=tmp_path / "tiny.toml",
+                           **{**common, "results_dir": tmp_path / "res2"})
+    assert from_config["test_accuracy"] == untrained["test_accuracy"]  # same architecture, same seed
+    assert from_config["feature_dim"] == 896
+    assert "--checkpoint is required" in fail("evaluate", "--dataset", "fake")
 
 
 def test_usage_errors_are_one_line_too():
