@@ -7,7 +7,7 @@ import torch
 from dcgan_features.config import Config, FeatureConfig, apply_overrides
 from dcgan_features.data import load_images
 from dcgan_features.errors import UserError
-from dcgan_features.features import FrozenExtractor, PoolingSpec, cache_key, cached_features
+from dcgan_features.features import FrozenExtractor, PoolingSpec, cache_key, cached_features, extract
 from dcgan_features.models import Discriminator
 
 PAPER_IMAGENET = {"model.d_widths": [128, 128, 256, 256, 512, 512], "model.d_strides": [1, 2, 1, 2, 1, 2],
@@ -44,6 +44,16 @@ def test_extractor_is_frozen_in_eval_mode():
     running = d.blocks["conv2"][1].running_mean.clone()
     extractor(torch.randn(4, 3, 32, 32) * 5)
     assert torch.equal(running, d.blocks["conv2"][1].running_mean)  # BN statistics untouched
+
+
+def test_extract_gives_the_same_features_in_either_memory_layout():
+    d = discriminator(**{"model.width": 8})
+    images = (torch.rand(10, 3, 32, 32) * 255).to(torch.uint8)
+    spec = PoolingSpec.from_config(FeatureConfig(), d)
+    nchw = extract(FrozenExtractor(d, spec), images, 4, torch.device("cpu"), channels_last=False)
+    nhwc = extract(FrozenExtractor(d, spec), images, 4, torch.device("cpu"), channels_last=True)
+    assert nchw.shape == (10, 896) and nchw.dtype == np.float32
+    np.testing.assert_allclose(nchw, nhwc, atol=1e-5)  # same order of values, batch edges included
 
 
 def test_max_pooling_matches_manual_window():

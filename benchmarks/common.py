@@ -1,0 +1,45 @@
+"""What every benchmark writes: a Markdown and a CSV table under results/benchmarks/, headed by the
+machine, library versions, git commit and date, so a number is never separated from its context."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from dcgan_features.artifacts import atomic_path, git_commit
+
+
+def context() -> str:
+    """One line describing where and with what a benchmark ran."""
+    import numpy
+    import sklearn
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch "
+            f"threads, {device}; python {platform.python_version()}, torch {torch.__version__}, numpy "
+            f"{numpy.__version__}, scikit-learn {sklearn.__version__}; git {git_commit()}; "
+            f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+
+
+def write_table(out_dir: str | Path, name: str, title: str, table: pd.DataFrame, notes: str = "") -> Path:
+    """``out_dir/name.md`` (title, context, table, notes) and ``out_dir/name.csv`` (the table)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = f"{title}\n\n{context()}.\n\n{table.to_markdown(index=False)}\n" + (f"\n{notes}\n" if notes else "")
+    with atomic_path(out / f"{name}.md") as tmp:
+        tmp.write_text(markdown)
+    with atomic_path(out / f"{name}.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    print(markdown)
+    return out / f"{name}.md"
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident set size so far, in GB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9

@@ -1,0 +1,30 @@
+"""The benchmark scripts still run (tiny sizes, fake data); their numbers are not checked here."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.mark.parametrize("script,args", [
+    ("pretrain_throughput.py", ["--dataset", "fake", "--steps", "1", "--repeats", "1"]),
+    ("extract_throughput.py", ["--dataset", "fake", "--images", "8", "--repeats", "1"]),
+    ("svm_scale.py", ["--synthetic", "--sizes", "300x40", "--solvers", "liblinear", "torch"]),
+])
+def test_benchmark_writes_its_tables(script, args, tmp_path):
+    done = subprocess.run([sys.executable, ROOT / "benchmarks" / script, *args, "--out", tmp_path / "out",
+                           *(["--cache-dir", tmp_path / "cache"] if script == "svm_scale.py" else [])],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    name = script.removesuffix(".py")
+    table = pd.read_csv(tmp_path / "out" / f"{name}.csv")
+    markdown = (tmp_path / "out" / f"{name}.md").read_text()
+    assert len(table) > 0 and "git " in markdown and "torch " in markdown
+    if name == "svm_scale":  # both solvers ran and agree on the objective
+        assert set(table["solver"]) == {"liblinear", "torch"} and table["note"].isna().all()
+        objectives = table.set_index("solver")["objective"]
+        assert abs(objectives["torch"] - objectives["liblinear"]) <= 1e-3 * objectives["liblinear"]
