@@ -51,3 +51,67 @@ def test_svhn_protocol_splits_and_draws():
     assert out["test_accuracy"] == pytest.approx(1 - np.mean(out["test_error_per_draw"]))
     with pytest.raises(UserError, match="smaller than the training set"):
         run_svhn_1000(x[:100], y[:100], x[1000:], y[1000:], cfg, 0, lambda C: make_classifier(cfg, C), val_size=100)
+
+
+class Recorder:
+    """A factory whose classifiers record which rows (by the id in column 0) they are fitted on and asked
+    to predict; they predict by nearest class mean on the other columns."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, C):
+        recorder = self
+
+        class Recorded:
+            warm_start = False
+
+            def fit(self, X, y):
+                recorder.calls.append(("fit", frozenset(X[:, 0].astype(int)), tuple(np.bincount(y, minlength=10))))
+                self.classes_ = np.unique(y)
+                self.means_ = np.stack([X[y == c, 1:].mean(0) for c in self.classes_])
+                return self
+
+            def predict(self, X):
+                recorder.calls.append(("predict", frozenset(X[:, 0].astype(int)), None))
+                distances = ((X[:, None, 1:] - self.means_[None]) ** 2).sum(-1)
+                return self.classes_[distances.argmin(1)]
+
+        return Recorded()
+
+
+@pytest.mark.parametrize("protocol", ["full", "per-class", "svhn-1000"])
+def test_protocol_splits_are_disjoint_balanced_and_seeded(protocol):
+    """Whatever the protocol: every fit is disjoint from the rows it is validated on, no training row is
+    ever a test row, test rows are scored only at the end, labelled sets are class-balanced, and the
+    same seed gives exactly the same splits (another seed does not)."""
+    from dcgan_features.protocols import run_full, run_svhn_1000
+
+    rng = np.random.default_rng(0)
+    y = np.arange(1100) % 10
+    x = np.column_stack([np.arange(1100), rng.normal(size=(1100, 5)) + y[:, None]]).astype(np.float32)
+    train, test = slice(0, 1000), slice(1000, 1100)
+    cfg = SvmConfig(c_grid=(1e-3, 1e-1), val_fraction=0.2, standardize=False)  # ids stay readable
+    run = {"full": lambda s, f: run_full(x[train], y[train], x[test], y[test], cfg, s, f),
+           "per-class": lambda s, f: run_per_class(x[train], y[train], x[test], y[test], cfg, s, f, 20, 4),
+           "svhn-1000": lambda s, f: run_svhn_1000(x[train], y[train], x[test], y[test], cfg, s, f,
+                                                   labels_per_class=10, val_draws=3, test_draws=5, val_size=300)}
+    records = {}
+    for seed in (0, 0, 1):
+        recorder = Recorder()
+        run[protocol](seed, recorder)
+        records.setdefault(seed, []).append(recorder.calls)
+    calls = records[0][0]
+    test_ids = frozenset(range(1000, 1100))
+    fits = [(ids, counts) for kind, ids, counts in calls if kind == "fit"]
+    assert all(not ids & test_ids for ids, _ in fits)
+    assert all(len(set(counts)) == 1 for _, counts in fits)  # class-balanced labelled sets
+    first_test = next(i for i, (kind, ids, _) in enumerate(calls) if ids == test_ids)
+    assert all(kind == "fit" or ids == test_ids for kind, ids, _ in calls[first_test:])  # test only at the end
+    for (kind, fit_ids, _), (next_kind, scored, _) in zip(calls, calls[1:]):
+        if kind == "fit" and next_kind == "predict":
+            assert not fit_ids & scored  # validated (or tested) on rows it was not fitted on
+    if protocol == "svhn-1000":  # one fixed validation split, disjoint from every draw
+        validation = {ids for kind, ids, _ in calls[:first_test] if kind == "predict"}
+        assert len(validation) == 1 and all(not ids & next(iter(validation)) for ids, _ in fits)
+    assert records[0][0] == records[0][1] and records[0][0] != records[1][0]
