@@ -167,10 +167,16 @@ class SvmConfig:
     standardize: bool = True  # scale features with training-set statistics (the authors' recipe: false)
     max_iter: int = 1000
     tol: float = 1e-4
+    # torch solver: precision of the Hessian products inside CG. bfloat16 halves their memory traffic
+    # (2-2.5x faster fits on the 2-core AMD CPU this was measured on; objective unchanged to ~1e-6);
+    # the objective, gradient and line search stay float32.
+    hessian_precision: str = "float32"
 
     def __post_init__(self) -> None:
         if self.solver not in ("torch", "liblinear"):
             raise UserError("svm.solver must be 'torch' or 'liblinear'")
+        if self.hessian_precision not in ("float32", "bfloat16"):
+            raise UserError("svm.hessian_precision must be 'float32' or 'bfloat16'")
         if not self.c_grid:
             raise UserError("svm.c_grid is empty: give at least one C")
         if any(c <= 0 for c in self.c_grid):

@@ -40,12 +40,13 @@ class TorchL2SVM(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, C: float = 1.0, tol: float = 1e-4, max_iter: int = 100, device: str = "cpu",
-                 warm_start: bool = False):
+                 warm_start: bool = False, hessian_precision: str = "float32"):
         self.C = C
         self.tol = tol
         self.max_iter = max_iter
         self.device = device
         self.warm_start = warm_start
+        self.hessian_precision = hessian_precision
 
     def fit(self, X, y):
         X_t = torch.as_tensor(np.asarray(X, dtype=np.float32), device=self.device)
@@ -57,7 +58,10 @@ class TorchL2SVM(ClassifierMixin, BaseEstimator):
         W = torch.zeros(X_t.shape[1] + 1, len(self.classes_), device=self.device)  # last row: intercept
         if self.warm_start and getattr(self, "coef_", None) is not None and self.coef_.shape == W[:-1].T.shape:
             W[:-1], W[-1] = torch.as_tensor(self.coef_.T), torch.as_tensor(self.intercept_)
-        W, self.n_iter_, self.cg_iter_ = _newton_cg(X_t, Y, W, self.C, self.tol, self.max_iter)
+        # The Hessian products inside CG only steer the step (the objective, gradient and line search stay
+        # float32), so they may run on a bfloat16 copy: half the bytes, and much faster CPU kernels.
+        X_h = X_t.to(getattr(torch, self.hessian_precision))
+        W, self.n_iter_, self.cg_iter_ = _newton_cg(X_t, X_h, Y, W, self.C, self.tol, self.max_iter)
         self.coef_, self.intercept_ = W[:-1].T.cpu().numpy(), W[-1].cpu().numpy()
         return self
 
@@ -98,15 +102,16 @@ def _objective(X, Y, W, C):
     return per_class, grad, active
 
 
-def _hessian_product(X, active, V, C):
-    XV = _scores(X, V) * active
+def _hessian_product(X_h, active, V, C):
+    """H V for every class, with the products in X_h's precision and the sums in float32."""
+    XV = _scores(X_h, V.to(X_h.dtype)).float() * active
     HV = V.clone()
-    HV[:-1] += 2 * C * _xt(X, XV)
+    HV[:-1] += 2 * C * _xt(X_h, XV.to(X_h.dtype)).float()
     HV[-1] += 2 * C * XV.sum(0)
     return HV
 
 
-def _conjugate_gradient(X, active, grad, C, max_iter: int, rel_tol: float = 0.1):
+def _conjugate_gradient(X_h, active, grad, C, max_iter: int, rel_tol: float = 0.1):
     """Solve H S = -grad column by column (all columns in the same products) by CG, to a relative
     residual of ``rel_tol`` (liblinear's choice); returns the step and the number of iterations."""
     S = torch.zeros_like(grad)
@@ -118,7 +123,7 @@ def _conjugate_gradient(X, active, grad, C, max_iter: int, rel_tol: float = 0.1)
         done = rr <= stop
         if bool(done.all()):
             return S, iteration
-        HP = _hessian_product(X, active, P, C)
+        HP = _hessian_product(X_h, active, P, C)
         alpha = rr / (P * HP).sum(0).clamp_min(1e-30)
         alpha = torch.where(done, torch.zeros_like(alpha), alpha)  # converged columns stay put
         S += alpha * P
@@ -129,7 +134,7 @@ def _conjugate_gradient(X, active, grad, C, max_iter: int, rel_tol: float = 0.1)
     return S, max_iter
 
 
-def _newton_cg(X, Y, W, C: float, tol: float, max_iter: int):
+def _newton_cg(X, X_h, Y, W, C: float, tol: float, max_iter: int):
     """Minimise every class's objective; stop when ||grad|| <= tol * ||grad at w = 0|| for each class."""
     grad0_norm = (2 * C * torch.cat([_xt(X, Y), Y.sum(0, keepdim=True)])).norm(dim=0)  # gradient at W = 0
     cg_total = 0
@@ -137,7 +142,7 @@ def _newton_cg(X, Y, W, C: float, tol: float, max_iter: int):
         f, grad, active = _objective(X, Y, W, C)
         if bool((grad.norm(dim=0) <= tol * grad0_norm).all()):
             return W, iteration - 1, cg_total
-        S, cg_steps = _conjugate_gradient(X, active, grad, C, max_iter=500)
+        S, cg_steps = _conjugate_gradient(X_h, active, grad, C, max_iter=500)
         cg_total += cg_steps
         W = _line_search(X, Y, W, S, grad, f, C)
     return W, max_iter, cg_total
@@ -163,7 +168,8 @@ def make_classifier(cfg: SvmConfig, C: float, device: str = "cpu"):
     """The configured solver at one C, as a scikit-learn estimator."""
     if cfg.solver == "liblinear":
         return LinearSVC(C=C, penalty="l2", loss="squared_hinge", dual="auto", tol=cfg.tol, max_iter=cfg.max_iter)
-    return TorchL2SVM(C=C, tol=cfg.tol, max_iter=cfg.max_iter, device=device, warm_start=True)
+    return TorchL2SVM(C=C, tol=cfg.tol, max_iter=cfg.max_iter, device=device, warm_start=True,
+                      hessian_precision=cfg.hessian_precision)
 
 
 ClassifierFactory = Callable[[float], BaseEstimator]

@@ -21,11 +21,12 @@ def total_objective(model, X, y, C):
                for k in range(len(model.classes_)))
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 @pytest.mark.parametrize("C", [1e-3, 1e-1, 1.0])
-def test_torch_solver_agrees_with_liblinear(C):
+def test_torch_solver_agrees_with_liblinear(C, precision):
     X, y = blobs()
     X_train, X_test = standardise(X[:450], X[450:])
-    ours = TorchL2SVM(C=C, tol=1e-5).fit(X_train, y[:450])
+    ours = TorchL2SVM(C=C, tol=1e-5, hessian_precision=precision).fit(X_train, y[:450])
     reference = LinearSVC(C=C, dual="auto", tol=1e-8, max_iter=100_000).fit(X_train, y[:450])
     ours_obj, ref_obj = total_objective(ours, X_train, y[:450], C), total_objective(reference, X_train, y[:450], C)
     assert abs(ours_obj - ref_obj) / ref_obj < 1e-3
