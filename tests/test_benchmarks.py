@@ -14,6 +14,8 @@ ROOT = Path(__file__).parents[1]
     ("pretrain_throughput.py", ["--dataset", "fake", "--steps", "1", "--repeats", "1"]),
     ("extract_throughput.py", ["--dataset", "fake", "--images", "8", "--repeats", "1"]),
     ("svm_scale.py", ["--synthetic", "--sizes", "300x40", "--solvers", "liblinear", "torch", "torch-bf16"]),
+    ("evaluate_scale.py", ["--dataset", "fake", "--config", "configs/digits.toml", "--set", "model.width=8",
+                           "--set", "svm.c_grid=[1e-3]"]),
 ])
 def test_benchmark_writes_its_tables(script, args, tmp_path):
     done = subprocess.run([sys.executable, ROOT / "benchmarks" / script, *args, "--out", tmp_path / "out",
