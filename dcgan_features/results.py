@@ -102,8 +102,8 @@ def load_results(results_dir: str | Path) -> pd.DataFrame:
             rows.append({"pretrain_data": result["pretrain"]["dataset"],
                          "architecture": result["pretrain"]["architecture"],
                          "eval_dataset": result["eval_dataset"], "protocol": result["protocol"],
-                         "transfer": "yes" if result["pretrain"]["dataset"] != result["eval_dataset"] else "no",
-                         "bn_stats": result.get("bn_stats", "running"),
+                         "transfer": _transfer(result),
+                         "bn_stats": "-" if result.get("baseline") == "pixels" else result.get("bn_stats", "running"),
                          "accuracy": 100 * result["test_accuracy"], "seed": result["seed"],
                          # an imported model's training seed is unknown, whatever its config says
                          "pretrain_seed": None if result.get("checkpoint", {}).get("kind") == "imported"
@@ -118,6 +118,13 @@ def load_results(results_dir: str | Path) -> pd.DataFrame:
 def _seed_list(seeds: pd.Series) -> str:
     known = sorted({int(s) for s in seeds if s is not None and s == s})
     return ",".join(map(str, known)) or "-"
+
+
+def _transfer(result: dict[str, Any]) -> str:
+    """Whether features learnt on one dataset were evaluated on another; a baseline learnt nothing."""
+    if result.get("baseline"):
+        return "-"
+    return "yes" if result["pretrain"]["dataset"] != result["eval_dataset"] else "no"
 
 
 def report_table(results: pd.DataFrame) -> pd.DataFrame:
@@ -177,18 +184,20 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
 
 
 def render_into_readme(readme: Path, text: str) -> None:
-    """Replace what lies between the README's report markers; everything else is kept byte for byte."""
+    """Replace the lines between the README's report marker lines (each alone on its line, so the
+    markers can also be quoted in prose); everything else is kept byte for byte."""
     begin, end = README_MARKERS
     try:
-        content = readme.read_text()
+        lines = readme.read_text().splitlines(keepends=True)
     except OSError as exc:
         raise UserError(f"cannot read {readme}: {exc.strerror}") from None
-    if content.count(begin) != 1 or content.count(end) != 1 or content.index(begin) > content.index(end):
+    starts = [i for i, line in enumerate(lines) if line.strip() == begin]
+    ends = [i for i, line in enumerate(lines) if line.strip() == end]
+    if len(starts) != 1 or len(ends) != 1 or starts[0] > ends[0]:
         raise UserError(f"{readme} needs one '{begin}' line followed by one '{end}' line to render the report into")
-    head, rest = content.split(begin)
-    tail = rest.split(end)[1]
+    content = "".join(lines[:starts[0] + 1]) + text + "\n" + "".join(lines[ends[0]:])
     with atomic_path(readme) as tmp:
-        tmp.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
+        tmp.write_text(content)
 
 
 def read_result(path: str | Path) -> dict[str, Any]:

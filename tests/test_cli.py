@@ -46,11 +46,13 @@ def test_pretrain_evaluate_report_end_to_end(dataset, extra, tmp_path):
     # a second evaluate reuses the result instead of overwriting it
     again = run_cli(*evaluate, cwd=tmp_path)
     assert again.count("already evaluated") == 2
-    (tmp_path / "README.md").write_text("# Runs\n<!-- report:begin -->\nold table\n<!-- report:end -->\nkept\n")
+    (tmp_path / "README.md").write_text("# Runs, between `<!-- report:begin -->` lines\n<!-- report:begin -->\n"
+                                        "old table\n<!-- report:end -->\nkept\n")
     report = run_cli("report", "res", "--readme", "README.md", cwd=tmp_path)
     assert dataset in report and (tmp_path / "res/report.csv").is_file()
     readme = (tmp_path / "README.md").read_text()
-    assert "old table" not in readme and readme.startswith("# Runs\n") and readme.endswith("<!-- report:end -->\nkept\n")
+    assert "old table" not in readme and readme.startswith("# Runs, between `<!-- report:begin -->` lines\n")
+    assert readme.endswith("<!-- report:end -->\nkept\n")
     row = next(line for line in readme.splitlines() if line.startswith(f"| {dataset} "))
     assert "| 2 " in row and "| 0 / 0,1 " in row  # n and seeds (pretrain / eval)
 
@@ -108,13 +110,16 @@ def test_report_aggregates_seeds_and_marks_transfer(tmp_path):
 
     for i, (seed, acc, pre) in enumerate([(0, 0.70, "cifar10"), (1, 0.72, "cifar10"), (0, 0.60, "svhn")]):
         (tmp_path / f"r{i}.json").write_text(json.dumps(result(seed, acc, pre)))
+    pixels = {**result(0, 0.40, "none (pixels baseline)"), "baseline": "pixels"}
+    (tmp_path / "pixels.json").write_text(json.dumps(pixels))
     (tmp_path / "unrelated.json").write_text(json.dumps({"not": "a result"}))
     markdown, md_path, csv_path = write_report(tmp_path)
     rows = {line.split("|")[1].strip(): line for line in markdown.splitlines()[2:] if "PAPER" not in line}
     assert sum("PAPER (reference, not run here)" in line for line in markdown.splitlines()) == 3
     assert "71.00 ± 1.41" in rows["cifar10"] and "| 2 " in rows["cifar10"]
     assert "yes" in rows["svhn"] and "| 60.00 " in rows["svhn"]  # two decimals kept
-    assert md_path.is_file() and csv_path.read_text().count("\n") == 3
+    assert "| -          | full             | -          | 40.00 " in rows["none (pixels baseline)"]
+    assert md_path.is_file() and csv_path.read_text().count("\n") == 4
     assert "needs one '<!-- report:begin -->'" in fail("report", tmp_path, "--readme", md_path)
 
 
