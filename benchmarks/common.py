@@ -40,6 +40,8 @@ def write_table(out_dir: str | Path, name: str, title: str, table: pd.DataFrame,
     return out / f"{name}.md"
 
 
-def peak_rss_gb() -> float:
-    """This process's peak resident set size so far, in GB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+def peak_rss_gb(children: bool = False) -> float:
+    """Peak resident set size so far, in GB (Linux reports KiB): this process's, or the largest of
+    its finished children's."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss * 1024 / 1e9

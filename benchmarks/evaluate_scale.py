@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from common import write_table
+from common import peak_rss_gb, write_table
 
 
 def main() -> None:
@@ -39,7 +38,7 @@ def main() -> None:
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
     wall = time.perf_counter() - start
-    peak_gb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
+    peak_gb = peak_rss_gb(children=True)
     if done.returncode != 0:
         sys.exit(f"evaluate failed: {done.stderr.strip()}")
     (result_file,) = (work / "results").glob("*.json")

@@ -34,11 +34,11 @@ def memory_gb() -> float:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
 
 
-def feature_file(n: int, d: int, args) -> Path:
-    """A .npy of at least n rows of d features (plus labels beside it), created once."""
+def feature_file(n: int, d: int, args) -> tuple[Path, Path]:
+    """A .npy of at least n rows of d features and the .npy of their labels, created once."""
     cache = Path(args.cache_dir)
     if args.synthetic:
-        path = cache / f"synthetic_{n}x{d}.npy"
+        path, labels_path = cache / f"synthetic_{n}x{d}.npy", cache / f"synthetic_{n}x{d}.labels.npy"
         if not path.exists():
             cache.mkdir(parents=True, exist_ok=True)
             rng = np.random.default_rng(0)
@@ -49,12 +49,13 @@ def feature_file(n: int, d: int, args) -> Path:
                 rows = labels[start:start + 1024]
                 features[start:start + len(rows)] = centres[rows] + 3 * rng.normal(size=(len(rows), d))
             features.flush()
-            np.save(path.with_suffix(".labels.npy"), labels)
-        return path
+            np.save(labels_path, labels)
+        return path, labels_path
     return extracted_features(d, args)
 
 
-def extracted_features(d: int, args) -> Path:
+def extracted_features(d: int, args) -> tuple[Path, Path]:
+    """The feature-cache entry of CIFAR-10's training images through an untrained D (extracted once)."""
     import torch
 
     from dcgan_features.config import load_config
@@ -71,20 +72,17 @@ def extracted_features(d: int, args) -> Path:
     features = cached_features(FrozenExtractor(discriminator, spec), images, key, args.cache_dir,
                                config.features.batch_size, torch.device("cpu")).features
     path = Path(features.filename)
-    labels_path = path.with_suffix(".labels.npy")
-    if not labels_path.exists():
-        np.save(labels_path, np.load(path.parent / "labels.npy"))
-    return path
+    return path, path.parent / "labels.npy"  # the entry's own labels file
 
 
-def fit_once(solver: str, path: str, n: int, C: float) -> dict:
+def fit_once(solver: str, path: str, labels_path: str, n: int, C: float) -> dict:
     """The child's work: read n rows from the cache, standardise in place, fit one C."""
     from dcgan_features.config import SvmConfig
     from dcgan_features.svm import fitted_scaler, l2svm_objective, make_classifier, read_rows, scale_in_place
 
     start = time.perf_counter()
     features = np.load(path, mmap_mode="r")
-    labels = np.load(Path(path).with_suffix(".labels.npy"))[:n]
+    labels = np.load(labels_path)[:n]
     X = read_rows(features, np.arange(n))  # the one copy; scaled in place with its own statistics
     scale_in_place(X, fitted_scaler(X))
     load_s = time.perf_counter() - start
@@ -99,14 +97,14 @@ def fit_once(solver: str, path: str, n: int, C: float) -> dict:
             "iterations": int(np.max(model.n_iter_))}
 
 
-def measure(solver: str, path: Path, n: int, d: int, C: float, timeout: int) -> dict:
+def measure(solver: str, paths: tuple[Path, Path], n: int, d: int, C: float, timeout: int) -> dict:
     row = {"n": n, "d": d, "solver": solver, "C": C}
     if solver == "liblinear":
         need = n * d * LIBLINEAR_BYTES_PER_VALUE / 1e9
         if n * d >= 2**31 or need > 0.8 * memory_gb():
             return {**row, "note": f"skipped: LinearSVC would need about {need:.0f} GB"
                                    + (" and overflows int32 indexing" if n * d >= 2**31 else "")}
-    command = [sys.executable, __file__, "--child", solver, str(path), str(n), str(C)]
+    command = [sys.executable, __file__, "--child", solver, *map(str, paths), str(n), str(C)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -118,8 +116,8 @@ def measure(solver: str, path: Path, n: int, d: int, C: float, timeout: int) -> 
 
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
-        solver, path, n, C = sys.argv[2:6]
-        print(json.dumps(fit_once(solver, path, int(n), float(C))))
+        solver, path, labels_path, n, C = sys.argv[2:7]
+        print(json.dumps(fit_once(solver, path, labels_path, int(n), float(C))))
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default="data")
@@ -135,8 +133,8 @@ def main() -> None:
     rows = []
     for size in args.sizes:
         n, d = map(int, size.lower().split("x"))
-        path = feature_file(n, d, args)
-        rows += [measure(solver, path, n, d, args.C, args.timeout) for solver in args.solvers]
+        paths = feature_file(n, d, args)
+        rows += [measure(solver, paths, n, d, args.C, args.timeout) for solver in args.solvers]
         print(pd.DataFrame(rows).to_string(), flush=True)
     table = pd.DataFrame(rows)
     if "liblinear" in set(table["solver"]) and "objective" in table:

@@ -172,11 +172,12 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
     columns = GROUP_COLUMNS + ["accuracy (%)", "draw std", "n", "seeds (pretrain / eval)", "feature_dim"]
     shown = pd.concat([table[columns].astype(str), pd.DataFrame(PAPER_REFERENCE)[columns]], ignore_index=True)
     markdown = shown.to_markdown(index=False, disable_numparse=True)
+    body = f"{markdown}\n\n{REPORT_FOOTNOTE}"
     if readme is not None:
-        render_into_readme(Path(readme), markdown + "\n\n" + REPORT_FOOTNOTE)
+        render_into_readme(Path(readme), body)
     md_path, csv_path = out_dir / "report.md", out_dir / "report.csv"
     with atomic_path(md_path) as tmp:
-        tmp.write_text(markdown + "\n\n" + REPORT_FOOTNOTE + "\n")
+        tmp.write_text(body + "\n")
     with atomic_path(csv_path) as tmp:
         table.drop(columns=["accuracy (%)", "draw std", "seeds (pretrain / eval)"]).to_csv(
             tmp, index=False, float_format="%.4f")

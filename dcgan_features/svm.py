@@ -212,6 +212,8 @@ def read_rows(features: np.ndarray, rows: np.ndarray, out: np.ndarray | None = N
     out = np.empty((len(rows), *features.shape[1:]), np.float32) if out is None else out
     mapped_whole = isinstance(features, np.memmap) and isinstance(features.base, mmap.mmap)  # not a view of one
     if not (mapped_whole and features.flags.c_contiguous and features.filename):
+        if features.dtype == out.dtype:
+            return np.take(features, rows, axis=0, out=out)  # gathered straight into out, no temporary
         out[:] = features[rows]
         return out
     position = np.full(len(features), -1)
