@@ -44,18 +44,20 @@ def main() -> None:
     (result_file,) = (work / "results").glob("*.json")
     result = json.loads(result_file.read_text())
     shutil.rmtree(work)
-    timings = result["timings"]
+    timings, svm = result["timings"], result["config"]["svm"]
     table = pd.DataFrame([{
         "feature_dim": result["feature_dim"], "n_train": result["n_train"], "n_test": result["n_test"],
         "C grid": " ".join(f"{row['C']:g}" for row in result["validation"]),
+        "fit_s per C": " ".join(f"{row['fit_seconds']:.0f}" for row in result["validation"]),
         "extract_s": round(timings["features_train_s"] + timings["features_test_s"], 1),
         "select_c_s": timings["select_c_s"], "refit_s": timings["refit_s"], "wall_s": round(wall, 1),
         "peak_rss_gb": round(peak_gb, 2), "chosen_C": result["chosen_C"],
         "test_accuracy": round(100 * result["test_accuracy"], 2)}])
     write_table(args.out, "evaluate_scale",
                 f"`dcgan-features evaluate --protocol full` on {args.dataset} with an untrained D of "
-                f"{args.config} (svm {result['config']['svm']['solver']}, Hessian products in "
-                f"{result['config']['svm'].get('hessian_precision', 'float32')}), one process, cold feature cache",
+                f"{args.config} (svm {svm['solver']}, tol {svm['tol']:g}, Hessian products in "
+                f"{svm.get('hessian_precision', 'float32')}, CG preconditioner rank {svm.get('preconditioner_rank', 0)}), "
+                "one process, cold feature cache",
                 table, f"Command: `{' '.join(command[1:])}` (the temporary folders are removed afterwards). "
                        "peak_rss_gb is the evaluate process's ru_maxrss.")
 

@@ -25,9 +25,15 @@ import numpy as np
 import pandas as pd
 
 from common import peak_rss_gb, write_table
+from dcgan_features.config import SvmConfig
 
 ARCHITECTURES = {7168: "configs/cifar10.toml", 28672: "configs/paper_imagenet32.toml"}
 LIBLINEAR_BYTES_PER_VALUE = 8 + 16 + 4  # float64 copy, feature_node (int index + double value), our float32
+SOLVERS = {  # name -> the svm settings of one fit (tol and max_iter: SvmConfig's defaults)
+    "liblinear": SvmConfig(solver="liblinear"),
+    "torch": SvmConfig(solver="torch"),  # float32 throughout, plain CG: configs/cifar10.toml's solver
+    "torch-bf16-nystrom": SvmConfig(solver="torch", hessian_precision="bfloat16", preconditioner_rank=256),
+}
 
 
 def memory_gb() -> float:
@@ -77,7 +83,6 @@ def extracted_features(d: int, args) -> tuple[Path, Path]:
 
 def fit_once(solver: str, path: str, labels_path: str, n: int, C: float) -> dict:
     """The child's work: read n rows from the cache, standardise in place, fit one C."""
-    from dcgan_features.config import SvmConfig
     from dcgan_features.svm import fitted_scaler, l2svm_objective, make_classifier, read_rows, scale_in_place
 
     start = time.perf_counter()
@@ -87,9 +92,7 @@ def fit_once(solver: str, path: str, labels_path: str, n: int, C: float) -> dict
     scale_in_place(X, fitted_scaler(X))
     load_s = time.perf_counter() - start
     start = time.perf_counter()
-    svm = SvmConfig(solver="liblinear") if solver == "liblinear" else SvmConfig(
-        solver="torch", hessian_precision="bfloat16" if solver == "torch-bf16" else "float32")
-    model = make_classifier(svm, C).fit(X, labels)
+    model = make_classifier(SOLVERS[solver], C).fit(X, labels)
     fit_s = time.perf_counter() - start
     return {"load_s": round(load_s, 1), "fit_s": round(fit_s, 1), "peak_rss_gb": round(peak_rss_gb(), 2),
             "objective": l2svm_objective(X, labels, model.coef_, model.intercept_, C, model.classes_),
@@ -123,8 +126,9 @@ def main() -> None:
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "dcgan-features"))
     parser.add_argument("--sizes", nargs="+", default=["10000x7168", "50000x7168", "50000x28672"])
-    parser.add_argument("--solvers", nargs="+", default=["liblinear", "torch", "torch-bf16"],
-                        help="liblinear, torch (float32 Hessian products) and torch-bf16 (bfloat16 ones)")
+    parser.add_argument("--solvers", nargs="+", default=list(SOLVERS), choices=list(SOLVERS),
+                        help="liblinear; torch (float32, plain CG); torch-bf16-nystrom (CG's products in "
+                             "bfloat16, preconditioned by a rank-256 Nystrom sketch: the paper config's setting)")
     parser.add_argument("--C", type=float, default=1e-4, help="the C chosen on validation for the default model")
     parser.add_argument("--synthetic", action="store_true", help="Gaussian clusters instead of CIFAR-10 features")
     parser.add_argument("--timeout", type=int, default=3600, help="seconds per fit")

@@ -40,13 +40,14 @@ class TorchL2SVM(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, C: float = 1.0, tol: float = 1e-4, max_iter: int = 100, device: str = "cpu",
-                 warm_start: bool = False, hessian_precision: str = "float32"):
+                 warm_start: bool = False, hessian_precision: str = "float32", preconditioner_rank: int = 0):
         self.C = C
         self.tol = tol
         self.max_iter = max_iter
         self.device = device
         self.warm_start = warm_start
         self.hessian_precision = hessian_precision
+        self.preconditioner_rank = preconditioner_rank
 
     def fit(self, X, y):
         X_t = torch.as_tensor(np.asarray(X, dtype=np.float32), device=self.device)
@@ -61,7 +62,10 @@ class TorchL2SVM(ClassifierMixin, BaseEstimator):
         # The Hessian products inside CG only steer the step (the objective, gradient and line search stay
         # float32), so they may run on a bfloat16 copy: half the bytes, and much faster CPU kernels.
         X_h = X_t.to(getattr(torch, self.hessian_precision))
-        W, self.n_iter_, self.cg_iter_ = _newton_cg(X_t, X_h, Y, W, self.C, self.tol, self.max_iter)
+        # Features of a conv net are strongly correlated: X^T X has a few huge eigenvalues, which is what
+        # makes plain CG slow. A rank-r sketch of them preconditions CG (two passes over X, once per fit).
+        sketch = nystrom_sketch(X_h, self.preconditioner_rank) if self.preconditioner_rank > 0 else None
+        W, self.n_iter_, self.cg_iter_ = _newton_cg(X_t, X_h, Y, W, self.C, self.tol, self.max_iter, sketch)
         self.coef_, self.intercept_ = W[:-1].T.cpu().numpy(), W[-1].cpu().numpy()
         return self
 
@@ -90,9 +94,9 @@ def _xt(X: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     return (R.T @ X).T
 
 
-def _objective(X, Y, W, C):
-    """Per-class objective (K,), gradient and the active (margin-violating) mask."""
-    slack = 1.0 - Y * _scores(X, W)
+def _objective(X, Y, W, Z, C):
+    """Per-class objective (K,), gradient and the active (margin-violating) mask, given the scores Z = X W."""
+    slack = 1.0 - Y * Z
     active = (slack > 0).to(X.dtype)
     residual = -Y * slack * active  # d/dz of 0.5 * slack^2 where active
     grad = W.clone()
@@ -111,46 +115,86 @@ def _hessian_product(X_h, active, V, C):
     return HV
 
 
-def _conjugate_gradient(X_h, active, grad, C, max_iter: int, rel_tol: float = 0.1):
-    """Solve H S = -grad column by column (all columns in the same products) by CG, to a relative
-    residual of ``rel_tol`` (liblinear's choice); returns the step and the number of iterations."""
+def _conjugate_gradient(X_h, active, grad, C, max_iter: int, precondition=None, rel_tol: float = 0.1):
+    """Solve H S = -grad column by column (all columns in the same products) by preconditioned CG, to a
+    relative residual of ``rel_tol`` (liblinear's choice); returns the step and the number of iterations.
+    ``precondition`` applies an approximate inverse of H to the residual (the identity when None)."""
+    precondition = precondition or (lambda R: R)
     S = torch.zeros_like(grad)
     R = -grad.clone()
-    P = R.clone()
-    rr = (R * R).sum(0)
-    stop = rel_tol**2 * rr
+    P = precondition(R)
+    rz = (R * P).sum(0)
+    stop = rel_tol**2 * (R * R).sum(0)
     for iteration in range(max_iter):
-        done = rr <= stop
+        done = (R * R).sum(0) <= stop
         if bool(done.all()):
             return S, iteration
         HP = _hessian_product(X_h, active, P, C)
-        alpha = rr / (P * HP).sum(0).clamp_min(1e-30)
+        alpha = rz / (P * HP).sum(0).clamp_min(1e-30)
         alpha = torch.where(done, torch.zeros_like(alpha), alpha)  # converged columns stay put
         S += alpha * P
         R -= alpha * HP
-        rr_new = (R * R).sum(0)
-        P = R + (rr_new / rr.clamp_min(1e-30)) * P
-        rr = rr_new
+        Z = precondition(R)
+        rz_new = (R * Z).sum(0)
+        P = Z + (rz_new / rz.clamp_min(1e-30)) * P
+        rz = rz_new
     return S, max_iter
 
 
-def _newton_cg(X, X_h, Y, W, C: float, tol: float, max_iter: int):
-    """Minimise every class's objective; stop when ||grad|| <= tol * ||grad at w = 0|| for each class."""
+def nystrom_sketch(X_h: torch.Tensor, rank: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top eigenpairs (U: d x r, eigenvalues: r) of X^T X from a randomised sketch: two passes over X.
+
+    The Nystrom approximation of X^T X with test matrix omega, X^T P X with P the projector onto the range
+    of X omega (Frangella, Tropp & Udell 2023, "Randomized Nystrom preconditioning"), computed as a
+    randomised SVD of X (Halko, Martinsson & Tropp 2011), which needs no Cholesky factor or stabilising
+    shift. It only steers CG, so products in bfloat16 cost speed at worst, never accuracy."""
+    rank = min(rank, *X_h.shape)
+    generator = torch.Generator(device=X_h.device).manual_seed(seed)
+    omega = torch.randn(X_h.shape[1], rank, generator=generator, device=X_h.device)
+    Q = torch.linalg.qr((X_h @ omega.to(X_h.dtype)).float()).Q  # n x r: an orthonormal basis of X omega
+    U, singular, _ = torch.linalg.svd(_xt(X_h, Q.to(X_h.dtype)).float(), full_matrices=False)  # X^T Q = U S V^T
+    return U, singular**2
+
+
+def _nystrom_preconditioner(U, eigenvalues, active, C):
+    """The inverse of each class's Nystrom-approximated Hessian, I + 2C f_k U diag(eigenvalues) U^T, where
+    f_k is the class's fraction of active rows (the sketch is of all rows). Beyond the sketch the
+    Hessian is taken as (lambda_r + 1) I, the sketch's smallest eigenvalue plus the regulariser."""
+    if len(eigenvalues) == 0:
+        return None
+    curvature = 2 * C * active.mean(0)[None, :] * eigenvalues[:, None]  # r x K
+    scale = (curvature[-1:] + 1) / (curvature + 1) - 1
+
+    def precondition(R):
+        out = R.clone()  # the intercept row is left as it is
+        out[:-1] += U @ ((U.T @ R[:-1]) * scale)
+        return out
+
+    return precondition
+
+
+def _newton_cg(X, X_h, Y, W, C: float, tol: float, max_iter: int, sketch=None):
+    """Minimise every class's objective; stop when ||grad|| <= tol * ||grad at w = 0|| for each class.
+    With ``sketch`` (from :func:`nystrom_sketch`) CG is preconditioned."""
     grad0_norm = (2 * C * torch.cat([_xt(X, Y), Y.sum(0, keepdim=True)])).norm(dim=0)  # gradient at W = 0
     cg_total = 0
+    Z = _scores(X, W)  # kept up to date along the steps, as liblinear does: one product per step saved
     for iteration in range(1, max_iter + 1):
-        f, grad, active = _objective(X, Y, W, C)
+        f, grad, active = _objective(X, Y, W, Z, C)
         if bool((grad.norm(dim=0) <= tol * grad0_norm).all()):
             return W, iteration - 1, cg_total
-        S, cg_steps = _conjugate_gradient(X_h, active, grad, C, max_iter=500)
+        precondition = None if sketch is None else _nystrom_preconditioner(*sketch, active, C)
+        S, cg_steps = _conjugate_gradient(X_h, active, grad, C, max_iter=500, precondition=precondition)
         cg_total += cg_steps
-        W = _line_search(X, Y, W, S, grad, f, C)
+        U = _scores(X, S)
+        step = _line_search(Y, W, Z, U, S, grad, f, C).to(W.dtype)
+        W, Z = W + step * S, Z + step * U
     return W, max_iter, cg_total
 
 
-def _line_search(X, Y, W, S, grad, f, C, shrink: float = 0.5, armijo: float = 0.01):
-    """Backtracking per class from the full Newton step; the scores along S are one product."""
-    Z, U = _scores(X, W), _scores(X, S)
+def _line_search(Y, W, Z, U, S, grad, f, C, shrink: float = 0.5, armijo: float = 0.01):
+    """Backtracking per class from the full Newton step, given the scores Z = X W and U = X S: every
+    trial is computed from those two, with no further pass over X. Returns the step per class."""
     slope = (grad * S).sum(0).double()
     step = torch.ones(W.shape[1], dtype=torch.float64, device=W.device)
     for _ in range(30):
@@ -161,7 +205,7 @@ def _line_search(X, Y, W, S, grad, f, C, shrink: float = 0.5, armijo: float = 0.
         if bool(ok.all()):
             break
         step = torch.where(ok, step, step * shrink)
-    return W + step.to(W.dtype) * S
+    return step
 
 
 def make_classifier(cfg: SvmConfig, C: float, device: str = "cpu"):
@@ -169,7 +213,7 @@ def make_classifier(cfg: SvmConfig, C: float, device: str = "cpu"):
     if cfg.solver == "liblinear":
         return LinearSVC(C=C, penalty="l2", loss="squared_hinge", dual="auto", tol=cfg.tol, max_iter=cfg.max_iter)
     return TorchL2SVM(C=C, tol=cfg.tol, max_iter=cfg.max_iter, device=device, warm_start=True,
-                      hessian_precision=cfg.hessian_precision)
+                      hessian_precision=cfg.hessian_precision, preconditioner_rank=cfg.preconditioner_rank)
 
 
 ClassifierFactory = Callable[[float], BaseEstimator]

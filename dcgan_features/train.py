@@ -242,10 +242,16 @@ def train_step(state: TrainingState, real: torch.Tensor, config: Config, device:
     loss_d.backward()
     state.opt_d.step()
     state.opt_g.zero_grad(set_to_none=True)
-    with precision:
-        logits_g = d(fake)
-    loss_g = F.binary_cross_entropy_with_logits(logits_g.float(), ones)
-    loss_g.backward()
+    # G's loss needs gradients through D, not of D's weights: D is zero-graded before its next update
+    # anyway, so skipping its weight gradients here changes nothing but the work done.
+    d.requires_grad_(False)
+    try:
+        with precision:
+            logits_g = d(fake)
+        loss_g = F.binary_cross_entropy_with_logits(logits_g.float(), ones)
+        loss_g.backward()
+    finally:
+        d.requires_grad_(True)
     state.opt_g.step()
     return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_x": torch.sigmoid(logits_real).mean().detach(),
             "d_g_z": torch.sigmoid(logits_fake).mean().detach()}

@@ -13,7 +13,7 @@ ROOT = Path(__file__).parents[1]
 @pytest.mark.parametrize("script,args", [
     ("pretrain_throughput.py", ["--dataset", "fake", "--steps", "1", "--repeats", "1"]),
     ("extract_throughput.py", ["--dataset", "fake", "--images", "8", "--repeats", "1"]),
-    ("svm_scale.py", ["--synthetic", "--sizes", "300x40", "--solvers", "liblinear", "torch", "torch-bf16"]),
+    ("svm_scale.py", ["--synthetic", "--sizes", "300x40", "--solvers", "liblinear", "torch", "torch-bf16-nystrom"]),
     ("evaluate_scale.py", ["--dataset", "fake", "--config", "configs/digits.toml", "--set", "model.width=8",
                            "--set", "svm.c_grid=[1e-3]"]),
 ])
@@ -27,7 +27,7 @@ def test_benchmark_writes_its_tables(script, args, tmp_path):
     markdown = (tmp_path / "out" / f"{name}.md").read_text()
     assert len(table) > 0 and "git " in markdown and "torch " in markdown
     if name == "svm_scale":  # both solvers ran and agree on the objective
-        assert set(table["solver"]) == {"liblinear", "torch", "torch-bf16"} and table["note"].isna().all()
+        assert set(table["solver"]) == {"liblinear", "torch", "torch-bf16-nystrom"} and table["note"].isna().all()
         objectives = table.set_index("solver")["objective"]
-        for solver in ("torch", "torch-bf16"):
+        for solver in ("torch", "torch-bf16-nystrom"):
             assert abs(objectives[solver] - objectives["liblinear"]) <= 1e-3 * objectives["liblinear"]

@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
+import torch
 from sklearn.svm import LinearSVC
 
 from dcgan_features.config import SvmConfig
 from dcgan_features.errors import UserError
 from dcgan_features.protocols import run_full
-from dcgan_features.svm import (TorchL2SVM, fit_and_score, l2svm_objective, make_classifier, select_c,
-                                standardise, validation_split)
+from dcgan_features.svm import (TorchL2SVM, fit_and_score, l2svm_objective, make_classifier, nystrom_sketch,
+                                select_c, standardise, validation_split)
 
 
 def blobs(n=600, d=40, classes=5, seed=0, noise=2.0):
@@ -21,16 +22,44 @@ def total_objective(model, X, y, C):
                for k in range(len(model.classes_)))
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("precision,rank", [("float32", 0), ("bfloat16", 0), ("float32", 16), ("bfloat16", 16)])
 @pytest.mark.parametrize("C", [1e-3, 1e-1, 1.0])
-def test_torch_solver_agrees_with_liblinear(C, precision):
+def test_torch_solver_agrees_with_liblinear(C, precision, rank):
     X, y = blobs()
     X_train, X_test = standardise(X[:450], X[450:])
-    ours = TorchL2SVM(C=C, tol=1e-5, hessian_precision=precision).fit(X_train, y[:450])
+    ours = TorchL2SVM(C=C, tol=1e-5, hessian_precision=precision, preconditioner_rank=rank).fit(X_train, y[:450])
     reference = LinearSVC(C=C, dual="auto", tol=1e-8, max_iter=100_000).fit(X_train, y[:450])
     ours_obj, ref_obj = total_objective(ours, X_train, y[:450], C), total_objective(reference, X_train, y[:450], C)
     assert abs(ours_obj - ref_obj) / ref_obj < 1e-3
     assert abs(np.mean(ours.predict(X_test) == y[450:]) - np.mean(reference.predict(X_test) == y[450:])) <= 0.003
+
+
+def correlated_features(n=2000, d=300, factors=10, seed=0):
+    """Standardised features dominated by a few shared factors, as conv features are: X^T X has a handful
+    of eigenvalues far above the rest."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 5
+    latent = rng.normal(size=(n, factors)) * np.geomspace(30, 3, factors)
+    latent[:, 0] += 2 * y
+    X = latent @ rng.normal(size=(factors, d)) + rng.normal(size=(n, d))
+    return standardise(X.astype(np.float32))[0], y
+
+
+def test_nystrom_sketch_finds_the_top_eigenvalues():
+    X, _ = correlated_features()
+    U, eigenvalues = nystrom_sketch(torch.from_numpy(X), rank=40)
+    exact = np.linalg.eigvalsh(X.T.astype(np.float64) @ X)[::-1]
+    np.testing.assert_allclose(eigenvalues[:10].numpy(), exact[:10], rtol=1e-2)
+    np.testing.assert_allclose(U.T @ U, np.eye(40), atol=1e-4)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_preconditioning_cuts_cg_steps_not_accuracy(precision):
+    X, y = correlated_features()
+    plain = TorchL2SVM(C=0.01, tol=1e-5, hessian_precision=precision).fit(X, y)
+    sketched = TorchL2SVM(C=0.01, tol=1e-5, hessian_precision=precision, preconditioner_rank=32).fit(X, y)
+    assert sketched.cg_iter_ < plain.cg_iter_ / 2
+    assert abs(total_objective(sketched, X, y, 0.01) / total_objective(plain, X, y, 0.01) - 1) < 1e-5
 
 
 def test_warm_start_reaches_the_same_solution():

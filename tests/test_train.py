@@ -185,3 +185,34 @@ def test_memory_format_and_bf16_are_speed_settings_only(tiny_config, tmp_path):
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
     assert any(not torch.allclose(a[k].float(), low[k].float(), atol=1e-5) for k in a)  # bf16 really ran
     assert all(v.dtype != torch.bfloat16 for v in low.values())
+
+
+def test_train_step_matches_the_plain_examples_step(tiny_config):
+    """Skipping D's weight gradients in the G update is work saved, not a different update: three steps
+    give the weights of pytorch/examples' step, which computes and then discards those gradients."""
+    import torch.nn.functional as F
+
+    from dcgan_features.data import load_images, to_model_range
+
+    def examples_step(state, real, config, device):
+        g, d, b = state.generator, state.discriminator, real.shape[0]
+        fake = g(train_module.sample_noise(b, config.model, state.noise_rng).to(device))
+        d.zero_grad()
+        (F.binary_cross_entropy_with_logits(d(real), torch.ones(b)) +
+         F.binary_cross_entropy_with_logits(d(fake.detach()), torch.zeros(b))).backward()
+        state.opt_d.step()
+        g.zero_grad()
+        F.binary_cross_entropy_with_logits(d(fake), torch.ones(b)).backward()
+        state.opt_g.step()
+
+    images = to_model_range(load_images("fake", "", "train", image_size=32, channels=3).images[:64])
+    config, device = apply_overrides(tiny_config, {"train.channels_last": False}), torch.device("cpu")
+    weights_after = {}
+    for name, step in {"ours": train_module.train_step, "examples": examples_step}.items():
+        state = train_module.new_state(config, device)
+        for _ in range(3):
+            step(state, images, config, device)
+        assert all(p.requires_grad for p in state.discriminator.parameters())
+        weights_after[name] = {**state.generator.state_dict(), **state.discriminator.state_dict()}
+    ours, theirs = weights_after["ours"], weights_after["examples"]
+    assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-6) for k in ours)
