@@ -65,13 +65,15 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def git_commit() -> str:
-    """The commit of the code that produced an artefact, with ``+dirty`` if the tree had changes."""
-    src = Path(__file__).resolve().parent
+def git_commit(src: Path | None = None) -> str:
+    """The commit of the code that produced an artefact (this package's checkout, or ``src``'s), with
+    ``+dirty`` if tracked files outside ``results/`` had changes: results are what runs write, so a
+    benchmark that rewrites its committed table does not make the next one's code look modified."""
+    src = src or Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
-                               capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)",
+                                ":(top,exclude)results"], cwd=src, capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")

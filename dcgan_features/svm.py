@@ -358,12 +358,6 @@ def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, 
                   C: float, factory: ClassifierFactory, standardize: bool = True) -> dict:
     """Refit on the whole training set at ``C`` and score the test set, once (inputs are left alone)."""
     x_train, x_test = standardise(train_x, test_x, enabled=standardize)
-    return fit_and_test(x_train, train_y, x_test, test_y, C, factory)
-
-
-def fit_and_test(x_train: np.ndarray, train_y: np.ndarray, x_test: np.ndarray, test_y: np.ndarray,
-                 C: float, factory: ClassifierFactory) -> dict:
-    """Fit prepared (already scaled) arrays at ``C`` and score the test arrays once."""
     start = time.perf_counter()
     model = factory(C).fit(x_train, train_y)
     fit_seconds = time.perf_counter() - start
