@@ -97,10 +97,13 @@ def new_state(config: Config, device: torch.device) -> TrainingState:
     if tc.compile:  # in place, so state_dict keys stay those of the plain modules
         g.compile()
         d.compile()
+    # The fused Adam kernel updates each tensor in one pass over its memory, where the default loop on
+    # CPU makes several: the same update, and a visible share of a small model's step time.
+    fused = device.type in ("cpu", "cuda")
     return TrainingState(
         generator=g, discriminator=d,
-        opt_g=torch.optim.Adam(g.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2)),
-        opt_d=torch.optim.Adam(d.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2)),
+        opt_g=torch.optim.Adam(g.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=fused),
+        opt_d=torch.optim.Adam(d.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=fused),
         noise_rng=seeded_generator(tc.seed, 1),
         fixed_noise=sample_noise(tc.num_samples, config.model, seeded_generator(tc.seed, 2)),
     )

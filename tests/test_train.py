@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -188,8 +189,9 @@ def test_memory_format_and_bf16_are_speed_settings_only(tiny_config, tmp_path):
 
 
 def test_train_step_matches_the_plain_examples_step(tiny_config):
-    """Skipping D's weight gradients in the G update is work saved, not a different update: three steps
-    give the weights of pytorch/examples' step, which computes and then discards those gradients."""
+    """Skipping D's weight gradients in the G update and the fused Adam kernel are work saved, not a
+    different update: three steps give the weights of pytorch/examples' step, which computes and then
+    discards those gradients, with the default Adam."""
     import torch.nn.functional as F
 
     from dcgan_features.data import load_images, to_model_range
@@ -210,6 +212,11 @@ def test_train_step_matches_the_plain_examples_step(tiny_config):
     weights_after = {}
     for name, step in {"ours": train_module.train_step, "examples": examples_step}.items():
         state = train_module.new_state(config, device)
+        if name == "examples":
+            betas = (config.train.beta1, config.train.beta2)
+            state = dataclasses.replace(
+                state, opt_g=torch.optim.Adam(state.generator.parameters(), lr=config.train.lr, betas=betas),
+                opt_d=torch.optim.Adam(state.discriminator.parameters(), lr=config.train.lr, betas=betas))
         for _ in range(3):
             step(state, images, config, device)
         assert all(p.requires_grad for p in state.discriminator.parameters())
