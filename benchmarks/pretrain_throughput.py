@@ -5,7 +5,8 @@ torchvision-style dataset that builds a PIL image per item and applies ToTensor 
 examples' update order. Ours indexes batches from the in-memory uint8 tensor and scales them on the
 device (``train.train_step``: channels_last layout, fused Adam, no weight gradients for D in the G
 update). The reference keeps PyTorch's default NCHW layout and the default Adam. The two loops alternate
-for ``--repeats`` rounds, so a busy spell on the machine hits both; the ratio is of the medians. Writes results/benchmarks/pretrain_throughput.{md,csv}.
+for ``--repeats`` rounds, so a busy spell on the machine hits both; the ratio is of the medians.
+Writes results/benchmarks/pretrain_throughput.{md,csv}.
 
     python benchmarks/pretrain_throughput.py --data-root /work/data --steps 100 --repeats 5
 """
@@ -46,10 +47,8 @@ class TorchvisionStyleImages(Dataset):
 def reference_loop(state, loader, config, device, steps: int) -> float:
     """pytorch/examples dcgan's step: D on real, D on fake (detached), D step; then G step, with the
     examples' optimisers (torch.optim.Adam with its default implementation)."""
+    state = with_default_adam(state, config)
     g, d, n = state.generator, state.discriminator, 0
-    betas = (config.train.beta1, config.train.beta2)
-    opt_d = torch.optim.Adam(d.parameters(), lr=config.train.lr, betas=betas)
-    opt_g = torch.optim.Adam(g.parameters(), lr=config.train.lr, betas=betas)
     start = None
     for i, (real, _) in enumerate(loader):
         if i == 3:  # warm-up (worker start, allocator) excluded
@@ -64,10 +63,10 @@ def reference_loop(state, loader, config, device, steps: int) -> float:
         fake = g(torch.randn(b, config.model.z_dim, device=device))
         err_fake = F.binary_cross_entropy_with_logits(d(fake.detach()), torch.zeros(b, device=device))
         err_fake.backward()
-        opt_d.step()
+        state.opt_d.step()
         g.zero_grad()
         F.binary_cross_entropy_with_logits(d(fake), torch.ones(b, device=device)).backward()
-        opt_g.step()
+        state.opt_g.step()
         n += b
     return n / (time.perf_counter() - start)
 

@@ -119,7 +119,7 @@ def _conjugate_gradient(X_h, active, grad, C, max_iter: int, precondition=None, 
     """Solve H S = -grad column by column (all columns in the same products) by preconditioned CG, to a
     relative residual of ``rel_tol`` (liblinear's choice); returns the step and the number of iterations.
     ``precondition`` applies an approximate inverse of H to the residual (the identity when None)."""
-    precondition = precondition or (lambda R: R)
+    precondition = precondition or torch.clone  # CG updates R in place, so P must never alias it
     S = torch.zeros_like(grad)
     R = -grad.clone()
     P = precondition(R)
@@ -160,8 +160,6 @@ def _nystrom_preconditioner(U, eigenvalues, active, C):
     """The inverse of each class's Nystrom-approximated Hessian, I + 2C f_k U diag(eigenvalues) U^T, where
     f_k is the class's fraction of active rows (the sketch is of all rows). Beyond the sketch the
     Hessian is taken as (lambda_r + 1) I, the sketch's smallest eigenvalue plus the regulariser."""
-    if len(eigenvalues) == 0:
-        return None
     curvature = 2 * C * active.mean(0)[None, :] * eigenvalues[:, None]  # r x K
     scale = (curvature[-1:] + 1) / (curvature + 1) - 1
 

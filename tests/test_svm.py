@@ -180,3 +180,18 @@ def test_read_rows_from_a_memory_mapped_cache_matches_fancy_indexing(tmp_path, m
     out = np.zeros((len(rows), 7), np.float32)
     assert svm_module.read_rows(mapped, rows, out=out) is out and np.array_equal(out, data[rows])
     assert np.array_equal(svm_module.read_rows(data, rows), data[rows])  # in-memory input
+
+
+def test_plain_cg_converges_in_as_many_steps_as_the_hessian_has_distinct_eigenvalues():
+    """Exact-arithmetic CG needs one step per distinct eigenvalue of H. Here H = I + 2C X^T X has three for
+    the weights (X's centred, orthogonal columns at three scales) and one for the decoupled intercept, so a
+    correct CG is done in a handful of steps; a search direction that aliases the residual is not."""
+    from dcgan_features.svm import _conjugate_gradient
+
+    torch.manual_seed(0)
+    Q = torch.randn(200, 30)
+    for _ in range(2):  # orthonormal and centred columns
+        Q = torch.linalg.qr(Q - Q.mean(0)).Q
+    X = (Q - Q.mean(0)) * torch.tensor([1.0, 10.0, 100.0]).repeat_interleave(10).sqrt() * 10
+    _, steps = _conjugate_gradient(X, torch.ones(200, 2), torch.randn(31, 2), 0.5, max_iter=100, rel_tol=1e-6)
+    assert steps <= 8
