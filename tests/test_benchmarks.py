@@ -12,6 +12,7 @@ ROOT = Path(__file__).parents[1]
 
 @pytest.mark.parametrize("script,args", [
     ("pretrain_throughput.py", ["--dataset", "fake", "--steps", "1", "--repeats", "1"]),
+    ("step_breakdown.py", ["--steps", "1", "--repeats", "1", "--batch-size", "4"]),
     ("extract_throughput.py", ["--dataset", "fake", "--images", "8", "--repeats", "1"]),
     ("svm_scale.py", ["--synthetic", "--sizes", "300x40", "--solvers", "liblinear", "torch", "torch-bf16-nystrom"]),
     ("evaluate_scale.py", ["--dataset", "fake", "--config", "configs/digits.toml", "--set", "model.width=8",
@@ -26,6 +27,8 @@ def test_benchmark_writes_its_tables(script, args, tmp_path):
     table = pd.read_csv(tmp_path / "out" / f"{name}.csv")
     markdown = (tmp_path / "out" / f"{name}.md").read_text()
     assert len(table) > 0 and "git " in markdown and "torch " in markdown
+    if name == "step_breakdown":  # the FLOP counter saw the convolutions of all three steps
+        assert len(table) == 3 and (table["convolution backward GFLOP"] > 0).all()
     if name == "svm_scale":  # both solvers ran and agree on the objective
         assert set(table["solver"]) == {"liblinear", "torch", "torch-bf16-nystrom"} and table["note"].isna().all()
         objectives = table.set_index("solver")["objective"]
