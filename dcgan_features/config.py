@@ -117,7 +117,7 @@ class TrainConfig:
     collapse_loss: float = 1e-3  # D loss below this at every log for collapse_steps steps: reported as collapse
     collapse_steps: int = 500
     # Speed only (a resumed run may change them): NHWC tensors, which CPU and GPU convolutions prefer;
-    # bf16 autocast and torch.compile, meant for GPUs and off by default (GAN discriminators are known
+    # bf16 autocast (GPUs, or CPUs with bfloat16 instructions) and torch.compile, off by default (GAN D's are known
     # to produce NaNs under mixed precision; compiling costs a minute up front and needs a C++ compiler on CPU).
     channels_last: bool = True
     bf16: bool = False

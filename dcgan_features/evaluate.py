@@ -21,7 +21,8 @@ from .data import load_images
 from .errors import UserError
 from .features import (FrozenExtractor, PixelExtractor, PoolingSpec, cache_key, cached_features,
                        recompute_batchnorm_stats)
-from .results import architecture_name, format_result, provenance, read_result, result_path, write_result
+from .results import (architecture_name, format_result, known_pretrain_seed, provenance, read_result, result_path,
+                      write_result)
 from .protocols import run_full, run_per_class, run_svhn_1000
 from .svm import make_classifier
 from .train import resolve_device
@@ -203,7 +204,7 @@ def subject_record(subject: Subject) -> dict[str, Any]:
                 "checkpoint": {"path": str(subject.path), "sha256": subject.sha256, "kind": subject.payload["kind"],
                                "architecture_from": sha256_file(subject.path)}}
     return {"pretrain": {"dataset": subject.stored.data.dataset, "architecture": architecture_name(subject.stored.model),
-                         "seed": None if subject.payload.get("kind") == "imported" else subject.stored.train.seed,
+                         "seed": known_pretrain_seed(subject.payload.get("kind"), subject.stored.train.seed),
                          "epochs": subject.payload.get("epoch"),
                          "train_seconds": subject.payload.get("train_seconds"),
                          "provenance": subject.payload.get("provenance")},

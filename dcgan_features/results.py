@@ -105,14 +105,19 @@ def load_results(results_dir: str | Path) -> pd.DataFrame:
                          "transfer": _transfer(result),
                          "bn_stats": "-" if result.get("baseline") == "pixels" else result.get("bn_stats", "running"),
                          "accuracy": 100 * result["test_accuracy"], "seed": result["seed"],
-                         # an imported model's training seed is unknown, whatever its config says
-                         "pretrain_seed": None if result.get("checkpoint", {}).get("kind") == "imported"
-                         else result["pretrain"].get("seed"),
+                         "pretrain_seed": known_pretrain_seed(result.get("checkpoint", {}).get("kind"),
+                                                              result["pretrain"].get("seed")),
                          "draw_std": 100 * result["test_accuracy_std"] if "test_accuracy_std" in result else None,
                          "feature_dim": result["feature_dim"], "file": str(path)})
     if not rows:
         raise UserError(f"no result files under {results_dir}")
     return pd.DataFrame(rows)
+
+
+def known_pretrain_seed(checkpoint_kind: str | None, seed: int | None) -> int | None:
+    """The pretraining seed a result may claim: an imported model's is unknown, whatever its config says
+    (the config is ours, rebuilt around weights someone else trained)."""
+    return None if checkpoint_kind == "imported" else seed
 
 
 def _seed_list(seeds: pd.Series) -> str:

@@ -106,10 +106,13 @@ def test_report_aggregates_seeds_and_marks_transfer(tmp_path):
     def result(seed, accuracy, pretrain="cifar10", evaluated="cifar10"):
         return {"schema": SCHEMA, "seed": seed, "test_accuracy": accuracy, "eval_dataset": evaluated,
                 "protocol": "full", "bn_stats": "running", "feature_dim": 7168,
-                "pretrain": {"dataset": pretrain, "architecture": "D64-128-256 k4 32px rgb"}}
+                "pretrain": {"dataset": pretrain, "architecture": "D64-128-256 k4 32px rgb", "seed": seed}}
 
-    for i, (seed, acc, pre) in enumerate([(0, 0.70, "cifar10"), (1, 0.72, "cifar10"), (0, 0.60, "svhn")]):
+    for i, (seed, acc, pre) in enumerate([(0, 0.70, "cifar10"), (1, 0.72, "cifar10")]):
         (tmp_path / f"r{i}.json").write_text(json.dumps(result(seed, acc, pre)))
+    # an imported model: its config claims pretraining seed 0, but nobody here knows the seed it was trained with
+    imported = {**result(0, 0.60, "svhn"), "checkpoint": {"kind": "imported"}}
+    (tmp_path / "imported.json").write_text(json.dumps(imported))
     pixels = {**result(0, 0.40, "none (pixels baseline)"), "baseline": "pixels"}
     (tmp_path / "pixels.json").write_text(json.dumps(pixels))
     (tmp_path / "unrelated.json").write_text(json.dumps({"not": "a result"}))
@@ -118,6 +121,7 @@ def test_report_aggregates_seeds_and_marks_transfer(tmp_path):
     assert sum("PAPER (reference, not run here)" in line for line in markdown.splitlines()) == 3
     assert "71.00 ± 1.41" in rows["cifar10"] and "| 2 " in rows["cifar10"]
     assert "yes" in rows["svhn"] and "| 60.00 " in rows["svhn"]  # two decimals kept
+    assert "| 0,1 / 0,1 " in rows["cifar10"] and "| - / 0 " in rows["svhn"]  # seeds (pretrain / eval)
     assert "| -          | full             | -          | 40.00 " in rows["none (pixels baseline)"]
     assert md_path.is_file() and csv_path.read_text().count("\n") == 4
     assert "needs one '<!-- report:begin -->'" in fail("report", tmp_path, "--readme", md_path)
