@@ -19,6 +19,7 @@ from dcgan_features.config import load_config
 from dcgan_features.data import load_images
 from dcgan_features.features import FrozenExtractor, PoolingSpec, extract
 from dcgan_features.models import build_models
+from dcgan_features.train import resolve_device
 
 CONFIGS = ("configs/cifar10.toml", "configs/paper_imagenet32.toml")
 
@@ -48,7 +49,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="results/benchmarks")
     args = parser.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     images = load_images(args.dataset, args.data_root, "test", image_size=32, channels=3).images[:args.images]
     rows = [{"round": r, **time_extraction(path, images, device, layout)}
             for r in range(args.repeats) for path in CONFIGS for layout in (False, True)]

@@ -29,7 +29,7 @@ from torchvision import transforms
 from common import write_table
 from dcgan_features.config import apply_overrides, load_config
 from dcgan_features.data import load_images, to_model_range
-from dcgan_features.train import new_state, train_step
+from dcgan_features.train import new_state, resolve_device, train_step
 
 
 class TorchvisionStyleImages(Dataset):
@@ -116,7 +116,7 @@ def main() -> None:
     config = load_config(None, {"data.dataset": args.dataset, "data.root": args.data_root})
     plain = apply_overrides(config, {"train.channels_last": False})  # the reference's default layout
     bf16 = apply_overrides(config, {"train.bf16": True})
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     data = load_images(args.dataset, args.data_root, "train", image_size=32, channels=3)
     normalise = transforms.Compose([transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
     loader = DataLoader(TorchvisionStyleImages(data.images, data.labels, normalise), batch_size=128,

@@ -23,7 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from common import write_table
 from dcgan_features.config import apply_overrides, load_config
-from dcgan_features.train import new_state, train_step
+from dcgan_features.train import new_state, resolve_device, train_step
 from pretrain_throughput import reference_step, with_default_adam
 
 KINDS = {"aten.convolution": "convolution forward", "aten.convolution_backward": "convolution backward"}
@@ -71,7 +71,7 @@ def main() -> None:
     config = load_config(None, {})
     plain = apply_overrides(config, {"train.channels_last": False})
     bf16 = apply_overrides(config, {"train.bf16": True})
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device("auto")
     real = torch.rand(args.batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
     real_cl = real.contiguous(memory_format=torch.channels_last)
 
