@@ -133,7 +133,9 @@ class TrainConfig:
             raise UserError("train.lr_decay_epochs must lie between 0 and train.epochs")
 
     def lr_at(self, epoch: int) -> float:
-        """The learning rate of (0-based) ``epoch``: constant, then a linear decay over the last epochs."""
+        """The learning rate of (0-based) ``epoch``: constant, then a linear decay over the last
+        ``lr_decay_epochs`` of the final ``epochs`` (so it depends on the final epoch count; a run extended
+        after its decay began is refused by ``train.check_schedule_so_far``)."""
         decay_start = self.epochs - self.lr_decay_epochs
         return self.lr if epoch < decay_start else self.lr * (self.epochs - epoch) / (self.lr_decay_epochs + 1)
 

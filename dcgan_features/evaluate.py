@@ -22,7 +22,7 @@ from .errors import UserError
 from .features import (FrozenExtractor, PixelExtractor, PoolingSpec, cache_key, cached_features,
                        recompute_batchnorm_stats)
 from .results import (architecture_name, format_result, known_pretrain_seed, provenance, read_result, result_path,
-                      write_result)
+                      unfinished, write_result)
 from .protocols import run_full, run_per_class, run_svhn_1000
 from .svm import make_classifier
 from .train import resolve_device
@@ -31,22 +31,27 @@ PROTOCOLS = ("full", "per-class", "svhn-1000")
 DEFAULT_LABELS_PER_CLASS = {"per-class": 400, "svhn-1000": 100}
 
 
+EVALUATION_SECTIONS = ("data", "features", "svm")
+
+
 def evaluation_config(stored: Config, config_path: str | Path | None, overrides: Mapping[str, Any]) -> Config:
-    """The checkpoint's own config, with [data], [features] and [svm] from ``config_path`` and overrides.
+    """The checkpoint's own config, with the [data], [features] and [svm] keys that ``config_path`` sets and
+    then the overrides on top: a flag or ``--set`` wins over the config file, which wins over the checkpoint.
 
     The architecture always comes from the checkpoint: a config or override that describes another
     architecture is refused rather than silently ignored."""
-    config = stored
+    merged = stored.to_dict()
     if config_path is not None:
-        from_file = Config.from_dict(read_config_file(config_path), str(config_path))
+        raw = read_config_file(config_path)
+        from_file = Config.from_dict(raw, str(config_path))  # refuses unknown keys and wrong types
         if from_file.model != stored.model:
             raise UserError(f"{config_path} describes the architecture {architecture_name(from_file.model)}, but the "
                             f"checkpoint holds {architecture_name(stored.model)}; use the checkpoint's own config")
-        config = Config(data=from_file.data, model=stored.model, train=stored.train,
-                        features=from_file.features, svm=from_file.svm)
+        for section in EVALUATION_SECTIONS:
+            merged[section].update({k: v for k, v in from_file.to_dict()[section].items() if k in raw.get(section, {})})
     if any(key.startswith("model.") for key in overrides):
         raise UserError("the architecture of a trained checkpoint cannot be overridden (model.* keys)")
-    return apply_overrides(config, overrides)
+    return apply_overrides(Config.from_dict(merged, "evaluation config"), overrides)
 
 
 @dataclass(frozen=True)
@@ -106,8 +111,9 @@ def evaluate(checkpoint: str | Path | None, *, dataset: str | None = None, data_
     protocol_name = {"full": "full", "per-class": f"per-class-{labels_per_class}x{draws}",
                      "svhn-1000": f"svhn-{labels_per_class}pc-{draws}x{test_draws}-val{val_size}"}[protocol]
     started, origin = time.perf_counter(), origin or provenance()  # the commit that runs is the one checked out now
-    subject = load_subject(checkpoint, config_path, overrides or {}, baseline, seed)
-    eval_dataset = dataset or subject.stored.data.dataset
+    flags = {key: value for key, value in {"data.dataset": dataset, "data.root": data_root}.items() if value}
+    subject = load_subject(checkpoint, config_path, {**(overrides or {}), **flags}, baseline, seed)
+    eval_dataset = subject.config.data.dataset
     out_path = result_path(results_dir, eval_dataset=eval_dataset, protocol=protocol_name,
                            pretrain_dataset=baseline or subject.stored.data.dataset, checkpoint_sha256=subject.sha256,
                            config=subject.config, seed=seed)
@@ -115,9 +121,13 @@ def evaluate(checkpoint: str | Path | None, *, dataset: str | None = None, data_
         echo(f"already evaluated: {out_path} (pass --force to recompute)")
         echo(format_result(result := read_result(out_path)))
         return result
+    record = subject_record(subject)
+    if unfinished(record["checkpoint"]):
+        echo(f"warning: {subject.path} is the checkpoint of an unfinished run ({unfinished(record['checkpoint'])}): "
+             "there is no discriminator.pt yet, so this evaluates D as it was mid-training")
     torch_device = resolve_device(device)
-    train, test, spec, timings = extract_splits(subject, eval_dataset, data_root or subject.stored.data.root,
-                                                cache_dir, torch_device, echo)
+    train, test, spec, timings = extract_splits(subject, eval_dataset, subject.config.data.root, cache_dir,
+                                                torch_device, echo)
     factory = partial(make_classifier, subject.config.svm, device=str(torch_device))
     arrays = (train.features, train.labels, test.features, test.labels,  # memory-mapped when cached
               subject.config.svm, seed, factory)
@@ -130,13 +140,18 @@ def evaluate(checkpoint: str | Path | None, *, dataset: str | None = None, data_
     if outcome["c_at_grid_edge"]:
         echo(f"warning: the best C on validation ({outcome['chosen_C']:g}) is at the edge of svm.c_grid; "
              "a wider grid may do better")
+    stopped_early = [f for f in outcome["fits"] if not f["converged"]]
+    if stopped_early:
+        at = ", ".join(f"{c:g}" for c in sorted({f["C"] for f in stopped_early}))
+        echo(f"warning: {len(stopped_early)} of {len(outcome['fits'])} SVM fits stopped before converging "
+             f"(at C = {at}); their accuracy may be off: raise svm.max_iter (the result lists every fit under 'fits')")
     timings.update(outcome.pop("timings"), total_s=round(time.perf_counter() - started, 2))
     result = {
         "schema": "dcgan-features/result/v1", "eval_dataset": eval_dataset, "protocol": protocol_name, "seed": seed,
         **outcome, "test_error": 1 - outcome["test_accuracy"], "n_test": int(len(test.labels)),
         "feature_dim": int(train.features.shape[1]), "feature_spec": describe(spec, subject),
         "bn_stats": subject.config.features.bn_stats, "svm_solver": subject.config.svm.solver,
-        **subject_record(subject), "cache_hit": {"train": train.cache_hit, "test": test.cache_hit},
+        **record, "cache_hit": {"train": train.cache_hit, "test": test.cache_hit},
         "timings": timings, "device": str(torch_device), "config": subject.config.to_dict(), **origin,
     }
     write_result(out_path, result, force)
@@ -208,4 +223,6 @@ def subject_record(subject: Subject) -> dict[str, Any]:
                          "epochs": subject.payload.get("epoch"),
                          "train_seconds": subject.payload.get("train_seconds"),
                          "provenance": subject.payload.get("provenance")},
-            "checkpoint": {"path": str(subject.path), "sha256": subject.sha256, "kind": subject.payload.get("kind")}}
+            "checkpoint": {"path": str(subject.path), "sha256": subject.sha256, "kind": subject.payload.get("kind"),
+                           "finished": subject.payload.get("finished", subject.payload.get("kind") != "training"),
+                           **{k: subject.payload.get(k) for k in ("epoch", "step", "global_step")}}}

@@ -8,11 +8,14 @@ key differs from the requested one is never read.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -160,6 +163,8 @@ def cached_features(extractor: nn.Module, data: ImageSet, key: dict[str, Any], c
     if cache_dir is None:
         return FeatureSet(extract(extractor, data.images, batch_size, device), labels, np.arange(len(data)), False)
     entry = Path(cache_dir) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    if entry.parent.is_dir():
+        remove_stale_temporaries(entry.parent)
     hit = _read_entry(entry, key)
     if hit is not None:
         return hit
@@ -182,16 +187,69 @@ def _read_entry(entry: Path, key: dict[str, Any]) -> FeatureSet | None:
 
 
 def _write_entry(entry: Path, key: dict[str, Any], features: np.ndarray, labels: np.ndarray) -> None:
-    """Write the entry in a temporary directory and rename it into place, so it is whole or absent."""
+    """Write the entry in a temporary directory and rename it into place, so it is whole or absent.
+
+    The temporary directory is named after this host and process, so that a later run can tell the
+    leftovers of a killed writer (removed by :func:`remove_stale_temporaries`) from a live writer's."""
     entry.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}."))
+    tmp = Path(tempfile.mkdtemp(dir=entry.parent, prefix=f".{entry.name}.{_WRITER}."))
     try:
         np.save(tmp / "features.npy", features)
         np.save(tmp / "labels.npy", labels)
         np.save(tmp / "indices.npy", np.arange(len(labels)))
         (tmp / "key.json").write_text(json.dumps(key, indent=1, sort_keys=True))
-        if entry.exists():
-            shutil.rmtree(entry)  # a stale or damaged entry under the same name
-        os.replace(tmp, entry)
+        _publish(tmp, entry, key)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, entry: Path, key: dict[str, Any]) -> None:
+    """Rename ``tmp`` to ``entry``. Two processes may publish the same entry at once: whichever renames
+    second finds a whole entry with its key already there and keeps it, so both succeed with one entry.
+    A stale or damaged entry under the name is first renamed aside (atomically, so no reader ever sees
+    half of it), then removed."""
+    for _ in range(5):
+        try:
+            os.rename(tmp, entry)  # refuses to replace a non-empty directory, so a concurrent entry is never lost
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+        if _read_entry(entry, key) is not None:
+            return  # another writer published these very features
+        aside = entry.with_name(f".{entry.name}.{_WRITER}.replaced-{uuid.uuid4().hex[:8]}")
+        try:
+            os.rename(entry, aside)
+        except FileNotFoundError:
+            continue  # another writer moved it aside first
+        shutil.rmtree(aside, ignore_errors=True)
+    raise UserError(f"could not write the feature cache entry {entry}: other processes keep replacing it")
+
+
+_WRITER = f"{socket.gethostname()}.{os.getpid()}"
+
+
+def remove_stale_temporaries(cache_dir: Path) -> list[Path]:
+    """Remove the temporary directories that writers killed mid-write (SIGKILL, power loss) left in
+    ``cache_dir``: those named after a process of this host that no longer runs. At the paper's scale
+    each holds gigabytes. Returns what was removed."""
+    host = socket.gethostname()
+    removed = []
+    for path in Path(cache_dir).glob(".*"):
+        parts = path.name.split(".")  # "", entry, host..., pid, random suffix
+        if not path.is_dir() or len(parts) < 5 or ".".join(parts[2:-2]) != host or not parts[-2].isdigit():
+            continue
+        if not _process_alive(int(parts[-2])):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by someone else
+    return True

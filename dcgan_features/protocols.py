@@ -20,8 +20,15 @@ import numpy as np
 
 from .config import SvmConfig
 from .errors import UserError
-from .svm import (ClassifierFactory, choose_c, fit_and_score, fitted_scaler, read_rows, scale_in_place, select_c,
-                  sweep_c, validation_split)
+from .svm import (ClassifierFactory, choose_c, convergence, fit_and_score, fitted_scaler, read_rows, scale_in_place,
+                  select_c, sweep_c, validation_split)
+
+
+def fit_log(stage: str, fits: list[dict], **where) -> list[dict]:
+    """One record per SVM fit (which stage, at which C, iterations, converged) for the result file, so a
+    solver that stopped early is visible in every protocol."""
+    return [{"stage": stage, **where, "C": f["C"], "iterations": f["iterations"], "converged": f["converged"]}
+            for f in fits]
 
 
 def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory) -> dict:
@@ -48,8 +55,9 @@ def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factor
     X_test = read_rows(test_x, np.arange(len(test_y)))
     if scaler is not None:
         scale_in_place(X_test, scaler)
+    fits = fit_log("sweep", selection.table) + fit_log("refit", [{"C": selection.best_c, **convergence(model)}])
     return {"test_accuracy": float(np.mean(model.predict(X_test) == test_y)), "chosen_C": selection.best_c,
-            "validation": selection.table, "c_at_grid_edge": selection.at_grid_edge,
+            "validation": selection.table, "c_at_grid_edge": selection.at_grid_edge, "fits": fits,
             "n_train": int(len(train_y)), "n_fit": selection.n_fit, "n_val": selection.n_val,
             "timings": {"select_c_s": round(select_s, 2), "refit_s": round(refit_s, 3)}}
 
@@ -85,12 +93,14 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     select_s = time.perf_counter() - start
     # Test: each draw refit on all its labelled images at the chosen C.
     start = time.perf_counter()
-    accuracies = [fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory, cfg.standardize)
-                  ["test_accuracy"]
-                  for rows in pools]
+    refits = [fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory, cfg.standardize)
+              for rows in pools]
+    accuracies = [r["test_accuracy"] for r in refits]
+    fits = [f for d, t in enumerate(tables) for f in fit_log("sweep", t, draw=d)] + \
+        [f for d, r in enumerate(refits) for f in fit_log("refit", [r], draw=d)]
     return {"test_accuracy": float(np.mean(accuracies)), "test_accuracy_std": float(np.std(accuracies, ddof=1))
             if draws > 1 else 0.0, "test_accuracy_per_draw": accuracies, "chosen_C": best,
-            "validation": validation, "c_at_grid_edge": edge,
+            "validation": validation, "c_at_grid_edge": edge, "fits": fits,
             "labels_per_class": labels_per_class, "draws": draws, "n_train": labels_per_class * len(np.unique(train_y)),
             "n_fit": None, "n_val": None,
             "timings": {"select_c_s": round(select_s, 2), "refit_s": round(time.perf_counter() - start, 2)}}
@@ -113,20 +123,21 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
                                                    np.random.default_rng([seed, k]))]
     start = time.perf_counter()
     val_x, val_y = train_x[val_rows], train_y[val_rows]
-    val_acc = {}
-    for C in sorted(cfg.c_grid):
-        val_acc[C] = [fit_and_score(train_x[rows], train_y[rows], val_x, val_y, C, factory, cfg.standardize)
-                      ["test_accuracy"] for rows in map(draw, range(val_draws))]
-    best, validation, edge = summarise_draws(val_acc, cfg)
+    val_fits = {C: [fit_and_score(train_x[rows], train_y[rows], val_x, val_y, C, factory, cfg.standardize)
+                    for rows in map(draw, range(val_draws))] for C in sorted(cfg.c_grid)}
+    best, validation, edge = summarise_draws({C: [f["test_accuracy"] for f in fits]
+                                              for C, fits in val_fits.items()}, cfg)
     select_s = time.perf_counter() - start
     start = time.perf_counter()
-    errors = np.array([1 - fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory,
-                                         cfg.standardize)["test_accuracy"]
-                       for rows in map(draw, range(val_draws, val_draws + test_draws))])
+    test_fits = [fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory, cfg.standardize)
+                 for rows in map(draw, range(val_draws, val_draws + test_draws))]
+    errors = np.array([1 - f["test_accuracy"] for f in test_fits])
     std = float(errors.std(ddof=1)) if test_draws > 1 else 0.0
+    fits = [f for C in val_fits for d, r in enumerate(val_fits[C]) for f in fit_log("validation", [r], draw=d)] + \
+        [f for d, r in enumerate(test_fits) for f in fit_log("test", [r], draw=val_draws + d)]
     return {"test_accuracy": float(1 - errors.mean()), "test_error_std": std, "test_error_ci95": 1.96 * std,
             "test_error_per_draw": errors.tolist(), "chosen_C": best,
-            "validation": validation, "c_at_grid_edge": edge,
+            "validation": validation, "c_at_grid_edge": edge, "fits": fits,
             "labels_per_class": labels_per_class, "val_draws": val_draws, "test_draws": test_draws,
             "n_train": labels_per_class * len(np.unique(train_y)), "n_fit": None, "n_val": int(val_size),
             "timings": {"select_c_s": round(select_s, 2), "refit_s": round(time.perf_counter() - start, 2)}}

@@ -25,6 +25,13 @@ from .errors import UserError
 
 SCHEMA = "dcgan-features/result/v1"
 GROUP_COLUMNS = ["pretrain_data", "architecture", "eval_dataset", "transfer", "protocol", "bn_stats"]
+# Config keys that cannot change what was learnt or measured: where the data lives, the device, logging and
+# checkpoint cadence, the memory layout and compilation (equal to float rounding, tested), the extraction
+# batch size. Every other key, present or future, separates two results into two report rows.
+NOT_EXPERIMENT_KEYS = frozenset({
+    "data.root", "data.download", "train.seed", "train.device", "train.log_every", "train.checkpoint_every",
+    "train.num_samples", "train.collapse_loss", "train.collapse_steps", "train.channels_last", "train.compile",
+    "features.batch_size"})
 
 
 def architecture_name(model: ModelConfig) -> str:
@@ -90,6 +97,48 @@ def format_result(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _flat_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """A stored config as ``{"section.key": value}``, with keys added since it was written filled in by their
+    defaults (which keep the old behaviour), so that an older file and a newer one compare equal."""
+    try:
+        raw = Config.from_dict(raw, "stored config").to_dict()
+    except UserError:
+        pass  # a config this version cannot read is compared as it was stored
+    return {f"{section}.{key}": value for section, values in raw.items() for key, value in values.items()}
+
+
+def experiment_identity(result: dict[str, Any]) -> dict[str, Any]:
+    """Everything that defines the experiment a result belongs to, except its seeds: what D was trained on,
+    how and for how long (or which baseline), and how it was evaluated. Two results share a report row only
+    when these are equal."""
+    config = _flat_config(result.get("config", {}))
+    checkpoint, baseline = result.get("checkpoint", {}), result.get("baseline")
+    identity: dict[str, Any] = {"eval.dataset": result["eval_dataset"], "eval.protocol": result["protocol"],
+                                "eval.feature_dim": result["feature_dim"], "baseline": baseline}
+    identity.update({k: v for k, v in config.items() if k.split(".")[0] in ("features", "svm")
+                     and k not in NOT_EXPERIMENT_KEYS})
+    if baseline == "pixels":
+        return identity | {k: config.get(k) for k in ("model.image_size", "model.channels")}
+    identity.update({k: v for k, v in config.items() if k.startswith("model.")})
+    if baseline:
+        return identity
+    identity.update({k: v for k, v in config.items() if k.startswith("train.") and k not in NOT_EXPERIMENT_KEYS})
+    return identity | {"pretrain.dataset": result["pretrain"]["dataset"],
+                       "pretrain.epochs_done": result["pretrain"].get("epochs"),
+                       "pretrain.unfinished": unfinished(checkpoint)}
+
+
+def unfinished(checkpoint: dict[str, Any]) -> str | None:
+    """``"epoch E, step S"`` when the evaluated file is a training checkpoint of a run that had not finished."""
+    if checkpoint.get("kind") == "training" and not checkpoint.get("finished", False):
+        return f"epoch {checkpoint.get('epoch')}, step {checkpoint.get('step')}"
+    return None
+
+
+def identity_hash(identity: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
 def load_results(results_dir: str | Path) -> pd.DataFrame:
     """Every result JSON under ``results_dir`` as one row."""
     rows = []
@@ -108,7 +157,9 @@ def load_results(results_dir: str | Path) -> pd.DataFrame:
                          "pretrain_seed": known_pretrain_seed(result.get("checkpoint", {}).get("kind"),
                                                               result["pretrain"].get("seed")),
                          "draw_std": 100 * result["test_accuracy_std"] if "test_accuracy_std" in result else None,
-                         "feature_dim": result["feature_dim"], "file": str(path)})
+                         "feature_dim": result["feature_dim"], "file": str(path),
+                         "identity": (identity := experiment_identity(result)),
+                         "experiment": identity_hash(identity), "config_name": config_name(result)})
     if not rows:
         raise UserError(f"no result files under {results_dir}")
     return pd.DataFrame(rows)
@@ -118,6 +169,10 @@ def known_pretrain_seed(checkpoint_kind: str | None, seed: int | None) -> int | 
     """The pretraining seed a result may claim: an imported model's is unknown, whatever its config says
     (the config is ours, rebuilt around weights someone else trained)."""
     return None if checkpoint_kind == "imported" else seed
+
+
+def _names(names: pd.Series) -> str:
+    return " / ".join(sorted(set(names)))
 
 
 def _seed_list(seeds: pd.Series) -> str:
@@ -133,31 +188,67 @@ def _transfer(result: dict[str, Any]) -> str:
 
 
 def report_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean +- sample std of test accuracy over results (seeds), and n, per (pretraining, architecture,
-    evaluation). ``seeds`` lists pretraining / evaluation seeds; ``draw std`` is the mean within-run std
-    over label draws (the ± the paper quotes for 400 per class), empty for single-split protocols."""
-    grouped = results.groupby(GROUP_COLUMNS, sort=True)
+    """Mean +- sample std of test accuracy over results (seeds), and n, per experiment.
+
+    A row holds only results whose :func:`experiment_identity` is equal, so they differ in their seeds alone.
+    ``recipe`` names what sets a row apart from the rows that look the same in the other columns (the keys
+    in which their experiments differ) and flags an unfinished run. ``seeds`` lists pretraining / evaluation
+    seeds; ``draw std`` is the mean within-run std over label draws (the ± the paper quotes for 400 per
+    class), empty for single-split protocols."""
+    grouped = results.groupby(GROUP_COLUMNS + ["experiment"], sort=True)
     table = grouped.agg(mean=("accuracy", "mean"), std=("accuracy", "std"), n=("accuracy", "size"),
                         feature_dim=("feature_dim", "first"), draw_std=("draw_std", "mean"),
+                        identity=("identity", "first"), config_name=("config_name", _names),
                         pretrain_seeds=("pretrain_seed", _seed_list), eval_seeds=("seed", _seed_list)).reset_index()
+    table["recipe"] = recipe_labels(table)
     table["accuracy (%)"] = [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}" for m, s, n in
                              zip(table["mean"], table["std"], table["n"])]
     table["draw std"] = [f"{d:.2f}" if d == d else "" for d in table["draw_std"]]
     table["seeds (pretrain / eval)"] = table["pretrain_seeds"] + " / " + table["eval_seeds"]
-    return table
+    return table.drop(columns=["identity", "config_name"])
+
+
+def recipe_labels(table: pd.DataFrame) -> list[str]:
+    """Per row: the config file it was made from, then ``key=value`` for every key in which its experiment
+    differs from another row with the same visible columns, and a warning for an unfinished run."""
+    labels = []
+    for _, row in table.iterrows():
+        identity = row["identity"]
+        twins = table[(table[GROUP_COLUMNS] == row[GROUP_COLUMNS]).all(axis=1)]["identity"].tolist()
+        keys = sorted({k for other in twins for k in {*other, *identity} if other.get(k) != identity.get(k)})
+        parts = [row["config_name"]] + [f"{k}={json.dumps(identity.get(k), separators=(',', ':'))}"
+                                               for k in keys]
+        if identity.get("pretrain.unfinished"):
+            parts.insert(0, f"UNFINISHED RUN ({identity['pretrain.unfinished']})")
+        labels.append("; ".join(parts))
+    return labels
+
+
+def config_name(result: dict[str, Any]) -> str:
+    """The config file a result's D was trained from (for a baseline: evaluated with), read off the command
+    that did it; ``imported`` for a converted release, ``defaults`` when no ``--config`` was given."""
+    if result.get("checkpoint", {}).get("kind") == "imported":
+        return "imported"
+    command = result.get("command") or ""
+    if not result.get("baseline"):
+        history = result["pretrain"].get("provenance") or [{}]
+        command = (history[0] if isinstance(history, list) else history).get("command") or ""
+    words = shlex.split(command)
+    named = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "--config"]
+    return Path(named[-1]).name if named else "defaults"
 
 
 # Radford, Metz & Chintala (2015), Tables 1 and 2, shown beside our rows and never computed here.
 PAPER_REFERENCE = [
     {"pretrain_data": "PAPER (reference, not run here): ImageNet-1k", "architecture": "paper DCGAN, 28,672-d",
-     "eval_dataset": "cifar10", "transfer": "yes", "protocol": "full", "bn_stats": "",
+     "eval_dataset": "cifar10", "transfer": "yes", "protocol": "full", "bn_stats": "", "recipe": "",
      "accuracy (%)": "82.80", "draw std": "", "n": "", "seeds (pretrain / eval)": "", "feature_dim": "28672"},
     {"pretrain_data": "PAPER (reference, not run here): ImageNet-1k", "architecture": "paper DCGAN, 28,672-d",
-     "eval_dataset": "cifar10", "transfer": "yes", "protocol": "per-class-400", "bn_stats": "",
+     "eval_dataset": "cifar10", "transfer": "yes", "protocol": "per-class-400", "bn_stats": "", "recipe": "",
      "accuracy (%)": "73.80", "draw std": "0.40", "n": "", "seeds (pretrain / eval)": "", "feature_dim": "28672"},
     {"pretrain_data": "PAPER (reference, not run here): SVHN", "architecture": "paper SVHN DCGAN",
-     "eval_dataset": "svhn", "transfer": "no", "protocol": "svhn-1000-labels", "bn_stats": "data",
-     "accuracy (%)": "77.52 (22.48% error; table as quoted later: 22.18 ± 1.13)", "draw std": "", "n": "",
+     "eval_dataset": "svhn", "transfer": "no", "protocol": "svhn-1000-labels", "bn_stats": "data", "recipe": "",
+     "accuracy (%)": "77.52 (22.48% error)", "draw std": "", "n": "",
      "seeds (pretrain / eval)": "", "feature_dim": "7168"},
 ]
 
@@ -174,7 +265,7 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
     into ``readme`` between its ``<!-- report:begin -->`` and ``<!-- report:end -->`` lines."""
     table = report_table(load_results(results_dir))
     out_dir = Path(out_dir or results_dir)
-    columns = GROUP_COLUMNS + ["accuracy (%)", "draw std", "n", "seeds (pretrain / eval)", "feature_dim"]
+    columns = GROUP_COLUMNS + ["recipe", "accuracy (%)", "draw std", "n", "seeds (pretrain / eval)", "feature_dim"]
     shown = pd.concat([table[columns].astype(str), pd.DataFrame(PAPER_REFERENCE)[columns]], ignore_index=True)
     markdown = shown.to_markdown(index=False, disable_numparse=True)
     body = f"{markdown}\n\n{REPORT_FOOTNOTE}"

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import mmap
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
@@ -65,7 +67,14 @@ class TorchL2SVM(ClassifierMixin, BaseEstimator):
         # Features of a conv net are strongly correlated: X^T X has a few huge eigenvalues, which is what
         # makes plain CG slow. A rank-r sketch of them preconditions CG (two passes over X, once per fit).
         sketch = nystrom_sketch(X_h, self.preconditioner_rank) if self.preconditioner_rank > 0 else None
-        W, self.n_iter_, self.cg_iter_ = _newton_cg(X_t, X_h, Y, W, self.C, self.tol, self.max_iter, sketch)
+        W, self.n_iter_, self.cg_iter_, stalled = _newton_cg(X_t, X_h, Y, W, self.C, self.tol, self.max_iter, sketch)
+        self.converged_ = not stalled and self.n_iter_ < self.max_iter
+        if stalled:
+            warnings.warn(f"TorchL2SVM at C={self.C:g}: the line search found no step that decreases the objective "
+                          f"after {self.n_iter_} Newton steps; stopped short of tol={self.tol:g}", ConvergenceWarning)
+        elif not self.converged_:
+            warnings.warn(f"TorchL2SVM at C={self.C:g} stopped at max_iter={self.max_iter} Newton steps before its "
+                          f"gradient fell below tol={self.tol:g}; raise svm.max_iter", ConvergenceWarning)
         self.coef_, self.intercept_ = W[:-1].T.cpu().numpy(), W[-1].cpu().numpy()
         return self
 
@@ -173,37 +182,43 @@ def _nystrom_preconditioner(U, eigenvalues, active, C):
 
 def _newton_cg(X, X_h, Y, W, C: float, tol: float, max_iter: int, sketch=None):
     """Minimise every class's objective; stop when ||grad|| <= tol * ||grad at w = 0|| for each class.
-    With ``sketch`` (from :func:`nystrom_sketch`) CG is preconditioned."""
+    With ``sketch`` (from :func:`nystrom_sketch`) CG is preconditioned. Returns the weights, the Newton and
+    CG steps taken, and whether the line search stalled (no step passed its test: stopped there).
+    Reaching ``max_iter`` returns ``max_iter`` steps, which the caller reports as not converged."""
     grad0_norm = (2 * C * torch.cat([_xt(X, Y), Y.sum(0, keepdim=True)])).norm(dim=0)  # gradient at W = 0
     cg_total = 0
     Z = _scores(X, W)  # kept up to date along the steps, as liblinear does: one product per step saved
     for iteration in range(1, max_iter + 1):
         f, grad, active = _objective(X, Y, W, Z, C)
         if bool((grad.norm(dim=0) <= tol * grad0_norm).all()):
-            return W, iteration - 1, cg_total
+            return W, iteration - 1, cg_total, False
         precondition = None if sketch is None else _nystrom_preconditioner(*sketch, active, C)
         S, cg_steps = _conjugate_gradient(X_h, active, grad, C, max_iter=500, precondition=precondition)
         cg_total += cg_steps
         U = _scores(X, S)
-        step = _line_search(Y, W, Z, U, S, grad, f, C).to(W.dtype)
+        step, ok = _line_search(Y, W, Z, U, S, grad, f, C)
+        step = step.to(W.dtype)
         W, Z = W + step * S, Z + step * U
-    return W, max_iter, cg_total
+        if not ok:
+            return W, iteration, cg_total, True
+    return W, max_iter, cg_total, False
 
 
-def _line_search(Y, W, Z, U, S, grad, f, C, shrink: float = 0.5, armijo: float = 0.01):
+def _line_search(Y, W, Z, U, S, grad, f, C, shrink: float = 0.5, armijo: float = 0.01, trials: int = 30):
     """Backtracking per class from the full Newton step, given the scores Z = X W and U = X S: every
-    trial is computed from those two, with no further pass over X. Returns the step per class."""
+    trial is computed from those two, with no further pass over X. Returns the step per class, and whether
+    every class found one that passes the Armijo test; a class that found none gets step 0 (stays put)."""
     slope = (grad * S).sum(0).double()
     step = torch.ones(W.shape[1], dtype=torch.float64, device=W.device)
-    for _ in range(30):
+    for _ in range(trials):
         W_try = W + step.to(W.dtype) * S
         slack = (1.0 - Y * (Z + step.to(W.dtype) * U)).clamp_min(0)
         f_try = 0.5 * (W_try.double() ** 2).sum(0) + C * (slack.double() ** 2).sum(0)
         ok = f_try <= f + armijo * step * slope
         if bool(ok.all()):
-            break
+            return step, True
         step = torch.where(ok, step, step * shrink)
-    return step
+    return torch.where(ok, step, torch.zeros_like(step)), False
 
 
 def make_classifier(cfg: SvmConfig, C: float, device: str = "cpu"):
@@ -323,7 +338,7 @@ def sweep_c(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.n
         model = _refit(model, factory, C).fit(x_fit, y_fit)
         accuracy = float(np.mean(model.predict(x_val) == y_val))
         table[C] = {"C": C, "val_accuracy": accuracy, "fit_seconds": round(time.perf_counter() - start, 3),
-                    "iterations": int(np.max(getattr(model, "n_iter_", -1)))}
+                    **convergence(model)}
     best, edge = choose_c({c: row["val_accuracy"] for c, row in table.items()})
     return Selection(best, [table[C] for C in cfg.c_grid], len(y_fit), len(y_val), edge)
 
@@ -345,6 +360,14 @@ def at_grid_edge(val_accuracy: dict[float, float], best: float) -> bool:
     return val_accuracy[best] > val_accuracy[neighbour]
 
 
+def convergence(model) -> dict:
+    """The solver's iterations and whether it met its tolerance, for the result file. LinearSVC has no
+    flag of its own: it converged when it stopped before ``max_iter`` (as its ConvergenceWarning says)."""
+    iterations = int(np.max(getattr(model, "n_iter_", -1)))
+    converged = getattr(model, "converged_", iterations < getattr(model, "max_iter", np.inf))
+    return {"iterations": iterations, "converged": bool(converged)}
+
+
 def _refit(previous, factory: ClassifierFactory, C: float):
     """Reuse the previous estimator (keeping its solution for warm starts) where it supports that."""
     if previous is not None and getattr(previous, "warm_start", False):
@@ -360,4 +383,4 @@ def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, 
     model = factory(C).fit(x_train, train_y)
     fit_seconds = time.perf_counter() - start
     accuracy = float(np.mean(model.predict(x_test) == test_y))
-    return {"test_accuracy": accuracy, "fit_seconds": round(fit_seconds, 3)}
+    return {"test_accuracy": accuracy, "C": C, "fit_seconds": round(fit_seconds, 3), **convergence(model)}

@@ -148,10 +148,25 @@ def prepare_run(run_dir: Path, config: Config, force: bool) -> dict | None:
     run_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("checkpoints/.*.tmp")]:
         stale.unlink()  # left by a process killed mid-write; the file it was replacing is intact
-    write_json(config_path, config.to_dict())
-    if (run_dir / TRAINING_FILE).exists():
-        return load_checkpoint(run_dir / TRAINING_FILE)
-    return None
+    payload = load_checkpoint(run_dir / TRAINING_FILE) if (run_dir / TRAINING_FILE).exists() else None
+    if payload is not None:
+        check_schedule_so_far(config_of(payload, str(run_dir / TRAINING_FILE)).train, config.train,
+                              payload["epoch"] + (payload["step"] > 0), run_dir)
+    write_json(config_path, config.to_dict())  # only now: a refused resume leaves the run as it was
+    return payload
+
+
+def check_schedule_so_far(trained: TrainConfig, wanted: TrainConfig, epochs_begun: int, run_dir: Path) -> None:
+    """The learning rate is a function of (epoch, final epoch count). A run whose epoch count changes (``--epochs``)
+    continues exactly as a run started with the new count would, provided the epochs it has begun had the same
+    learning rate under both; otherwise (its decay had already started) it is refused, never restarted silently."""
+    changed = [e for e in range(min(epochs_begun, wanted.epochs)) if trained.lr_at(e) != wanted.lr_at(e)]
+    if changed:
+        raise UserError(
+            f"run {run_dir} has begun {epochs_begun} of {trained.epochs} epochs and its learning-rate decay (the last "
+            f"{trained.lr_decay_epochs} epochs) started at epoch {trained.epochs - trained.lr_decay_epochs + 1}; "
+            f"{wanted.epochs} epochs would give epoch {changed[0] + 1} another learning rate. Start a new run "
+            "(--out) or --force this one")
 
 
 def _changed_keys(old: Config, new: Config, ignore: set[str], ignore_sections: set[str]) -> list[str]:

@@ -1,9 +1,17 @@
+import os
 import pickle
 import struct
 
-import numpy as np
-import pytest
-import torch
+# Many tests compare runs bitwise, which holds on CPU, not under cuDNN; and `--device auto` would pick a GPU
+# where one exists, in this process and in the CLI subprocesses. So the suite hides GPUs from itself before
+# torch first looks for one. tests/test_cuda.py holds the GPU checks: run them with
+# DCGAN_FEATURES_TEST_CUDA=1 on a machine with a GPU (they are skipped anywhere else).
+if os.environ.get("DCGAN_FEATURES_TEST_CUDA") != "1":
+    os.environ["CUDA_VISIBLE_DEVICES"] = ""
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from dcgan_features.config import load_config
 

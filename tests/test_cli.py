@@ -122,7 +122,7 @@ def test_report_aggregates_seeds_and_marks_transfer(tmp_path):
     assert "71.00 ± 1.41" in rows["cifar10"] and "| 2 " in rows["cifar10"]
     assert "yes" in rows["svhn"] and "| 60.00 " in rows["svhn"]  # two decimals kept
     assert "| 0,1 / 0,1 " in rows["cifar10"] and "| - / 0 " in rows["svhn"]  # seeds (pretrain / eval)
-    assert "| -          | full             | -          | 40.00 " in rows["none (pixels baseline)"]
+    assert "| -          | full             | -          | defaults | 40.00 " in rows["none (pixels baseline)"]
     assert md_path.is_file() and csv_path.read_text().count("\n") == 4
     assert "needs one '<!-- report:begin -->'" in fail("report", tmp_path, "--readme", md_path)
 
@@ -209,3 +209,41 @@ def test_svhn_protocol_end_to_end_on_official_mat_files(tmp_path, tiny_run):
     (path,) = (tmp_path / "res").glob("svhn_svhn-10pc-2x3-val100_*.json")
     result = json.loads(path.read_text())
     assert len(result["test_error_per_draw"]) == 3 and result["feature_dim"] == 896
+
+
+def test_an_unfinished_run_is_evaluated_with_a_warning_and_marked(tmp_path, tiny_run):
+    from dcgan_features.checkpoint import load_checkpoint, save_checkpoint
+    from dcgan_features.results import write_report
+
+    payload = load_checkpoint(tiny_run / "checkpoint.pt")
+    (tiny_run / "discriminator.pt").unlink()  # as if the run were killed in its first epoch
+    save_checkpoint(tiny_run / "checkpoint.pt", {**payload, "finished": False, "epoch": 0, "step": 5})
+    result = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(tiny_run), "--results-dir", str(tmp_path / "res"),
+                                      "--set", "svm.c_grid=[1e-2]"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.output and "unfinished run (epoch 0, step 5)" in result.output
+    (path,) = (tmp_path / "res").glob("*.json")
+    record = json.loads(path.read_text())["checkpoint"]
+    assert (record["kind"], record["finished"], record["epoch"], record["step"]) == ("training", False, 0, 5)
+    assert "UNFINISHED RUN (epoch 0, step 5)" in write_report(tmp_path / "res")[0]
+
+
+def test_evaluate_takes_data_from_flags_then_config_then_checkpoint(tmp_path, tiny_run):
+    (tmp_path / "digits.toml").write_text('[data]\ndataset = "digits"\n[model]\nwidth = 8\n')
+    (tmp_path / "no_data.toml").write_text('[model]\nwidth = 8\n[svm]\nc_grid = [1e-2]\n')
+
+    def evaluated(*args):
+        result = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(tiny_run), "--set", "svm.c_grid=[1e-2]",
+                                          "--results-dir", str(tmp_path / "res"), "--force", *map(str, args)],
+                                    catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        (path,) = [line[len("result: "):] for line in result.output.splitlines() if line.startswith("result: ")]
+        record = json.loads(Path(path).read_text())
+        assert record["config"]["data"]["dataset"] == record["eval_dataset"]  # the file says what was used
+        return record["eval_dataset"]
+
+    assert evaluated() == "fake"  # the checkpoint's
+    assert evaluated("--config", tmp_path / "no_data.toml") == "fake"  # a config without [data] keeps it
+    assert evaluated("--config", tmp_path / "digits.toml") == "digits"  # the config's [data] wins over it
+    assert evaluated("--config", tmp_path / "digits.toml", "--dataset", "fake") == "fake"  # the flag wins
+    assert evaluated("--set", "data.dataset=digits") == "digits"

@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,12 +58,35 @@ def test_extract_gives_the_same_features_in_either_memory_layout():
     np.testing.assert_allclose(nchw, nhwc, atol=1e-5)  # same order of values, batch edges included
 
 
-def test_max_pooling_matches_manual_window():
-    d = discriminator(**{"model.width": 8})
-    extractor = FrozenExtractor(d, PoolingSpec(("conv1",), 4, "max"))
-    x = torch.randn(1, 3, 32, 32)
-    conv1 = d.eval().blocks["conv1"](x)  # (1, 8, 16, 16): 4x4 windows
-    assert torch.allclose(extractor(x)[0, 0], conv1[0, 0, :4, :4].max())
+def test_features_are_post_activation_max_pools_concatenated_in_block_order():
+    """The whole vector, computed by hand: each block's conv, batch norm (eval, with non-trivial statistics)
+    and LeakyReLU, max-pooled over 4x4 grid cells, flattened channel-major, blocks in order."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    d = discriminator(**{"model.width": 8}).eval()
+    for block in list(d.blocks.values())[1:]:
+        bn = block[1]
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.data.uniform_(0.5, 2)
+        bn.bias.data.uniform_(-1, 1)
+    x = torch.randn(3, 3, 32, 32)
+    expected, h = [], x
+    for name, block in d.blocks.items():
+        h = block[0](h)  # the convolution
+        if name != "conv1":  # the paper: no batch norm on D's input block
+            bn = block[1]
+            h = (h - bn.running_mean[:, None, None]) / torch.sqrt(bn.running_var[:, None, None] + bn.eps)
+            h = h * bn.weight[:, None, None] + bn.bias[:, None, None]
+        h = F.leaky_relu(h, 0.2)
+        n, c, size, _ = h.shape
+        cells = h.reshape(n, c, 4, size // 4, 4, size // 4).amax(dim=(3, 5))  # (n, c, 4, 4)
+        expected.append(cells.reshape(n, -1))
+    features = FrozenExtractor(d, PoolingSpec(("conv1", "conv2", "conv3"), 4, "max"))(x)
+    assert features.shape == (3, 16 * (8 + 16 + 32))
+    torch.testing.assert_close(features, torch.cat(expected, dim=1), atol=1e-5, rtol=1e-5)
+    assert (features < 0).any()  # negative maxima exist, so pooling before the activation would differ
+    reordered = FrozenExtractor(d, PoolingSpec(("conv3", "conv1"), 4, "max"))(x)
+    torch.testing.assert_close(reordered, torch.cat([expected[2], expected[0]], dim=1), atol=1e-5, rtol=1e-5)
 
 
 def test_cache_hit_and_miss(tmp_path):
@@ -125,3 +150,63 @@ def test_paper_imagenet_config_builds_a_28672_feature_discriminator():
     assert spec.dimension(d) == 28672
     assert "= 28,672 features" in spec.describe(d)
     assert config.model.z_distribution == "uniform" and config.model.z_dim == 256
+
+
+def _publish_same_entry(cache_dir, start, errors):
+    """One of several processes writing the same cache entry at the same moment."""
+    from dcgan_features.features import _write_entry
+
+    try:
+        key = {"k": 1, "num_images": 64}
+        Path(cache_dir).mkdir(exist_ok=True)
+        start.wait()
+        _write_entry(Path(cache_dir) / "e", key, np.full((64, 32), 7, np.float32), np.arange(64))
+    except BaseException as exc:  # reported to the parent, which fails the test
+        errors.put(repr(exc))
+
+
+def test_concurrent_cache_writers_all_succeed_with_one_whole_entry(tmp_path):
+    import multiprocessing
+
+    from dcgan_features.features import _read_entry
+
+    context = multiprocessing.get_context("fork")
+    for round_ in range(3):  # a race: the unguarded rmtree-then-replace lost it in most rounds
+        cache = tmp_path / str(round_)
+        start, errors = context.Event(), context.Queue()
+        writers = [context.Process(target=_publish_same_entry, args=(cache, start, errors)) for _ in range(8)]
+        for w in writers:
+            w.start()
+        start.set()
+        for w in writers:
+            w.join(60)
+        assert [w.exitcode for w in writers] == [0] * 8 and errors.empty()
+        assert [p.name for p in cache.iterdir()] == ["e"]  # one entry, no temporaries left behind
+        entry = _read_entry(cache / "e", {"k": 1, "num_images": 64})
+        assert entry is not None and np.all(entry.features == 7)
+
+
+def test_a_killed_writers_temporaries_are_removed_by_the_next_run(tmp_path):
+    import socket
+    import subprocess
+
+    d = discriminator(**{"model.width": 8})
+    spec = PoolingSpec.from_config(FeatureConfig(), d)
+    data = load_images("fake", "x", "test", image_size=32, channels=3)
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    host = socket.gethostname()
+    stale = tmp_path / f".{'a' * 32}.{host}.{dead.pid}.x1y2z3"
+    live = tmp_path / f".{'b' * 32}.{host}.{os.getpid()}.k9k9k9"  # a writer still at work: left alone
+    foreign = tmp_path / f".{'c' * 32}.another-host.{dead.pid}.q1q1q1"  # another machine's: cannot tell, left alone
+    for path in (stale, live, foreign):
+        path.mkdir()
+        np.save(path / "features.npy", np.zeros((100, 100), np.float32))
+    key = cache_key("a" * 64, spec, data, "running")
+    cached_features(FrozenExtractor(d, spec), data, key, tmp_path, 64, torch.device("cpu"))
+    assert not stale.exists() and live.exists() and foreign.exists()
+    # an entry left damaged under the entry's own name is replaced by a whole one
+    (entry,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    (entry / "key.json").unlink()
+    assert not cached_features(FrozenExtractor(d, spec), data, key, tmp_path, 64, torch.device("cpu")).cache_hit
+    assert cached_features(FrozenExtractor(d, spec), data, key, tmp_path, 64, torch.device("cpu")).cache_hit

@@ -166,26 +166,32 @@ def test_resume_keeps_provenance_written_as_a_single_dict(tiny_config, tmp_path)
 
 def test_memory_format_and_bf16_are_speed_settings_only(tiny_config, tmp_path):
     """channels_last changes tensor strides, not the model: three steps from the same state in both
-    layouts give the same weights up to float rounding. bf16 autocast trains with finite losses and
-    keeps float32 weights."""
+    layouts give the same weights up to float rounding. With bf16 every convolution of G and D runs in
+    bfloat16 (and without it none does), the losses stay finite and the weights stay float32."""
     from dcgan_features.data import load_images, to_model_range
 
     images = to_model_range(load_images("fake", "", "train", image_size=32, channels=3).images[:64])
     device = torch.device("cpu")
-    states = {}
+    states, conv_output_dtypes = {}, {}
     for name, overrides in {"nchw": {"train.channels_last": False}, "nhwc": {"train.channels_last": True},
                             "bf16": {"train.bf16": True}}.items():
         config = apply_overrides(tiny_config, overrides)
         state = train_module.new_state(config, device)
         real = images.contiguous(memory_format=torch.channels_last) if config.train.channels_last else images
+        seen = conv_output_dtypes.setdefault(name, set())
+        convs = [m for model in (state.generator, state.discriminator) for m in model.modules()
+                 if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+        hooks = [m.register_forward_hook(lambda m, i, out, seen=seen: seen.add(out.dtype)) for m in convs]
         stats = [train_module.train_step(state, real, config, device) for _ in range(3)]
+        for hook in hooks:
+            hook.remove()
         assert all(torch.isfinite(s["loss_d"]) and torch.isfinite(s["loss_g"]) for s in stats)
         states[name] = {**state.generator.state_dict(), **{f"d.{k}": v for k, v in state.discriminator.state_dict().items()}}
     a, b, low = states["nchw"], states["nhwc"], states["bf16"]
     assert b["d.blocks.conv2.0.weight"].is_contiguous(memory_format=torch.channels_last)
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
-    assert any(not torch.allclose(a[k].float(), low[k].float(), atol=1e-5) for k in a)  # bf16 really ran
-    assert all(v.dtype != torch.bfloat16 for v in low.values())
+    assert all(v.dtype == torch.float32 for k, v in low.items() if v.is_floating_point())  # float32 master weights
+    assert conv_output_dtypes == {"nchw": {torch.float32}, "nhwc": {torch.float32}, "bf16": {torch.bfloat16}}
 
 
 def test_train_step_matches_the_plain_examples_step(tiny_config):
@@ -223,3 +229,35 @@ def test_train_step_matches_the_plain_examples_step(tiny_config):
         weights_after[name] = {**state.generator.state_dict(), **state.discriminator.state_dict()}
     ours, theirs = weights_after["ours"], weights_after["examples"]
     assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-6) for k in ours)
+
+
+def test_extending_a_decaying_run_continues_its_schedule_or_is_refused(tiny_config, tmp_path, monkeypatch):
+    """The learning rate depends on the final epoch count: a run stopped before its decay and extended with
+    --epochs ends bitwise equal to a run started with the larger count; one whose decay had begun is refused,
+    and its config.json is left as it was."""
+    from dcgan_features.data import load_images
+
+    def config(epochs):
+        return apply_overrides(tiny_config, {"train.epochs": epochs, "train.lr_decay_epochs": 1, "train.lr": 1e-3})
+
+    pretrain(config(3), tmp_path / "straight", echo=lambda s: None)
+    steps = len(load_images("fake", "", "train", image_size=32, channels=3)) // tiny_config.train.batch_size
+    real_step, calls = train_module.train_step, {"n": 0}
+
+    def stops_after_one_epoch(*args):
+        calls["n"] += 1
+        if calls["n"] == steps + 1:  # the first step of epoch 2: epoch 1's checkpoint is the last
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(train_module, "train_step", stops_after_one_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config(2), tmp_path / "extended", echo=lambda s: None)  # [lr, lr/2]: stopped before the decay
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    pretrain(config(3), tmp_path / "extended", echo=lambda s: None)  # [lr, lr, lr/2], as "straight"
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "extended")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    before = (tmp_path / "straight" / "config.json").read_text()
+    with pytest.raises(UserError, match="decay .* started at epoch 3; 4 epochs would give epoch 3 another"):
+        pretrain(config(4), tmp_path / "straight", echo=lambda s: None)
+    assert (tmp_path / "straight" / "config.json").read_text() == before

@@ -1,0 +1,87 @@
+"""The report: a row only ever holds results that differ in their seeds."""
+
+import copy
+import json
+
+import pytest
+
+from dcgan_features.config import Config
+from dcgan_features.results import NOT_EXPERIMENT_KEYS, SCHEMA, load_results, report_table, write_report
+
+
+def result(seed=0, accuracy=0.7, **changes):
+    config = Config().to_dict()
+    config["data"]["dataset"] = "cifar10"
+    record = {"schema": SCHEMA, "seed": seed, "test_accuracy": accuracy, "eval_dataset": "cifar10",
+              "protocol": "full", "bn_stats": "running", "feature_dim": 7168, "config": config,
+              "command": "dcgan-features evaluate --checkpoint runs/a",
+              "pretrain": {"dataset": "cifar10", "architecture": "D64-128-256 k4 32px rgb", "seed": seed, "epochs": 25,
+                           "provenance": [{"command": "dcgan-features pretrain --config configs/cifar10.toml"}]},
+              "checkpoint": {"kind": "discriminator", "finished": True, "epoch": 25, "step": 0}}
+    for dotted, value in changes.items():
+        *path, last = dotted.split("__")
+        target = record
+        for part in path:
+            target = target[part]
+        target[last] = value
+    return record
+
+
+def other_value(value):
+    """A different value of the same kind (validity does not matter: the report only compares)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value * 2 + 1
+    if isinstance(value, list):
+        return value + value[:1] if value else ["conv1"]
+    return f"{value}-other"
+
+
+def rows(tmp_path, *results):
+    for i, r in enumerate(results):
+        (tmp_path / f"r{i}.json").write_text(json.dumps(r))
+    return report_table(load_results(tmp_path))
+
+
+EXPERIMENT_KEYS = [f"config__{section}__{key}" for section, values in Config().to_dict().items()
+                   if section != "data" for key in values if f"{section}.{key}" not in NOT_EXPERIMENT_KEYS]
+
+
+@pytest.mark.parametrize("setting", EXPERIMENT_KEYS + ["pretrain__epochs", "pretrain__dataset", "eval_dataset",
+                                                       "protocol", "feature_dim"])
+def test_results_differing_in_any_one_setting_never_share_a_row(setting, tmp_path):
+    base = result(seed=0)
+    changed = copy.deepcopy(base)
+    *path, last = setting.split("__")
+    target = changed
+    for part in path:
+        target = target[part]
+    target[last] = other_value(target[last])
+    table = rows(tmp_path, base, {**changed, "seed": 1})
+    assert len(table) == 2, setting
+    if len(set(map(tuple, table[["pretrain_data", "eval_dataset", "protocol"]].values))) == 1:
+        assert table["recipe"].nunique() == 2  # rows that look alike say how they differ
+
+
+def test_seeds_and_settings_that_change_nothing_share_a_row(tmp_path):
+    a = result(seed=0, accuracy=0.70)
+    b = result(seed=1, accuracy=0.72, config__train__seed=1, config__train__device="cuda", config__data__root="/x",
+               config__train__channels_last=False, config__features__batch_size=17, pretrain__seed=1)
+    table = rows(tmp_path, a, b)
+    assert len(table) == 1 and table["n"].tolist() == [2] and table["recipe"].tolist() == ["cifar10.toml"]
+
+
+def test_an_older_config_without_newer_keys_groups_with_their_defaults(tmp_path):
+    old = result(seed=0)
+    del old["config"]["svm"]["preconditioner_rank"]  # written before the key existed; its default keeps the behaviour
+    assert len(rows(tmp_path, old, result(seed=1))) == 1
+
+
+def test_unfinished_runs_are_marked_in_the_report(tmp_path):
+    mid = result(seed=0, checkpoint={"kind": "training", "finished": False, "epoch": 3, "step": 120})
+    table = rows(tmp_path, mid, result(seed=1))
+    marked = table[table["recipe"].str.contains("UNFINISHED")]
+    assert len(table) == 2 and len(marked) == 1 and "epoch 3, step 120" in marked["recipe"].iloc[0]
+    markdown, _, _ = write_report(tmp_path)
+    assert "UNFINISHED RUN (epoch 3, step 120)" in markdown
