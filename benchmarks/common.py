@@ -13,6 +13,7 @@ import pandas as pd
 import torch
 
 from dcgan_features.artifacts import atomic_path, git_commit
+from dcgan_features.runtime import cpu_description
 
 
 def context() -> str:
@@ -21,7 +22,8 @@ def context() -> str:
     import sklearn
 
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch "
+    return (f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs ({cpu_description()}), "
+            f"{torch.get_num_threads()} torch "
             f"threads, {device}; python {platform.python_version()}, torch {torch.__version__}, numpy "
             f"{numpy.__version__}, scikit-learn {sklearn.__version__}; git {git_commit()}; "
             f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}")

@@ -19,7 +19,7 @@ from dcgan_features.config import load_config
 from dcgan_features.data import load_images
 from dcgan_features.features import FrozenExtractor, PoolingSpec, extract
 from dcgan_features.models import build_models
-from dcgan_features.train import resolve_device
+from dcgan_features.runtime import resolve_device
 
 CONFIGS = ("configs/cifar10.toml", "configs/paper_imagenet32.toml")
 

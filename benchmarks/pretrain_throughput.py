@@ -29,7 +29,8 @@ from torchvision import transforms
 from common import write_table
 from dcgan_features.config import apply_overrides, load_config
 from dcgan_features.data import load_images, to_model_range
-from dcgan_features.train import new_state, resolve_device, train_step
+from dcgan_features.runtime import resolve_device
+from dcgan_features.train import new_state, train_step
 
 
 class TorchvisionStyleImages(Dataset):

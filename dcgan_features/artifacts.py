@@ -6,9 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
+import shlex
 import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -77,3 +81,31 @@ def git_commit(src: Path | None = None) -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def provenance() -> dict[str, Any]:
+    """Where an artefact comes from: the commit checked out now, the command, the time, the library versions
+    and the machine. Read it when a process starts, so it names the code that ran."""
+    import numpy
+    import sklearn
+    import torch
+
+    from .runtime import cpu_description
+
+    return {
+        "git_commit": git_commit(),
+        "command": "dcgan-features " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name == "dcgan-features" else None,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
+                     "scikit-learn": sklearn.__version__, "numpy": numpy.__version__},
+        "machine": f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads",
+        "cpu": cpu_description(),
+    }
+
+
+def write_image_grid(images, path: str | Path, nrow: int) -> None:
+    """Images in [-1, 1] (N, C, H, W) as one PNG grid of ``nrow`` per row, written atomically."""
+    from torchvision.utils import save_image
+
+    with atomic_path(path) as tmp:
+        save_image(images.detach().float().cpu(), tmp, format="png", nrow=nrow, normalize=True, value_range=(-1, 1))

@@ -54,6 +54,7 @@ class ModelConfig:
     d_strides: tuple[int, ...] = ()  # empty: every block has stride 2
     d_batchnorm_first: bool = False  # the paper: no batch norm on D's input layer
     g_widths: tuple[int, ...] = ()  # G's widths from the 4x4 projection upwards
+    g_strides: tuple[int, ...] = ()  # one per transposed conv after the projection (the last makes the image); empty: all 2
     g_projection: str = "conv"  # conv (4x4 transposed conv) | linear (linear + BN1d, as the authors' code)
     bn_eps: float = 1e-5
 
@@ -76,10 +77,16 @@ class ModelConfig:
             raise UserError("stride-1 blocks keep the image size only with an odd model.kernel_size")
         if n % (2 ** strides.count(2)) or n // (2 ** strides.count(2)) < 1:
             raise UserError(f"model.d_strides halve {n}x{n} images below 1x1")
-        if len(self.generator_widths) != self.num_upsamplings:
+        g_strides = self.generator_strides
+        if any(s not in (1, 2) for s in g_strides) or g_strides.count(2) != self.num_upsamplings:
+            raise UserError(f"model.g_strides needs {self.num_upsamplings} strides of 2 (and any number of 1) to "
+                            f"grow 4x4 to {n}x{n}, got {list(g_strides)}")
+        if 1 in g_strides and self.kernel_size % 2 == 0:
+            raise UserError("stride-1 transposed convolutions keep the image size only with an odd model.kernel_size")
+        if len(self.generator_widths) != len(g_strides):
             raise UserError(
-                f"model.g_widths needs {self.num_upsamplings} entries to grow 4x4 to {n}x{n}, "
-                f"got {len(self.generator_widths)}"
+                f"model.g_widths needs {len(g_strides)} entries (one per transposed convolution) to grow 4x4 to "
+                f"{n}x{n}, got {len(self.generator_widths)}"
             )
 
     @property
@@ -95,8 +102,13 @@ class ModelConfig:
         return self.d_strides or (2,) * len(self.discriminator_widths)
 
     @property
+    def generator_strides(self) -> tuple[int, ...]:
+        return self.g_strides or (2,) * self.num_upsamplings
+
+    @property
     def generator_widths(self) -> tuple[int, ...]:
-        return self.g_widths or tuple(reversed(self.discriminator_widths))[: self.num_upsamplings]
+        """The projection's width, then the input width of every later transposed convolution."""
+        return self.g_widths or tuple(reversed(self.discriminator_widths))[: len(self.generator_strides)]
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import sha256_file, write_json
+from .artifacts import provenance, sha256_file, write_image_grid, write_json
 from .checkpoint import DISCRIMINATOR_FILE, save_checkpoint
 from .config import Config
 from .errors import UserError
-from .features import recompute_batchnorm_stats
-from .models import Discriminator, Generator, sample_noise
-from .results import provenance
+from .models import Discriminator, Generator, recompute_batchnorm_stats, sample_noise
 
 # The released model's training and the authors' feature recipe (see configs/svhn_paper.toml).
 SVHN_PAPER = {
@@ -121,10 +119,5 @@ def import_dcgan_code(directory: str | Path, out: str | Path, *, force: bool = F
 
 @torch.no_grad()
 def save_sample_grid(generator: Generator, config: Config, path: Path, seed: int, n: int = 100) -> None:
-    from torchvision.utils import save_image
-
-    from .artifacts import atomic_path
-
     images = generator(sample_noise(n, config.model, torch.Generator().manual_seed(seed + 1)))
-    with atomic_path(path) as tmp:
-        save_image(images, tmp, format="png", nrow=10, normalize=True, value_range=(-1, 1))
+    write_image_grid(images, path, nrow=10)

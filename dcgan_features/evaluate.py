@@ -13,19 +13,18 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from .artifacts import sha256_file
+from .artifacts import provenance, sha256_file
 from .checkpoint import load_checkpoint, load_discriminator, resolve_checkpoint
 from .config import Config, apply_overrides, read_config_file
-from .models import Discriminator, build_models
+from .models import Discriminator, build_models, recompute_batchnorm_stats
 from .data import load_images
 from .errors import UserError
-from .features import (FrozenExtractor, PixelExtractor, PoolingSpec, cache_key, cached_features,
-                       recompute_batchnorm_stats)
-from .results import (architecture_name, format_result, known_pretrain_seed, provenance, read_result, result_path,
+from .features import FrozenExtractor, PixelExtractor, PoolingSpec, cache_key, cached_features
+from .results import (architecture_name, format_result, known_pretrain_seed, read_result, result_path,
                       unfinished, write_result)
 from .protocols import run_full, run_per_class, run_svhn_1000
 from .svm import make_classifier
-from .train import resolve_device
+from .runtime import resolve_device
 
 PROTOCOLS = ("full", "per-class", "svhn-1000")
 DEFAULT_LABELS_PER_CLASS = {"per-class": 400, "svhn-1000": 100}

@@ -76,42 +76,6 @@ class FrozenExtractor(nn.Module):
         return torch.cat([pool(outputs[name], self.spec.grid).flatten(1) for name in self.spec.layers], dim=1)
 
 
-@torch.no_grad()
-def recompute_batchnorm_stats(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device) -> None:
-    """Replace every batch-norm layer's running statistics by the authors' recipe: the average, over
-    ``batch_size``-image batches, of the per-batch channel means and biased variances, with each batch
-    normalised by its own statistics on the way (train-mode batch norm). A last partial batch is dropped.
-
-    ``images`` are uint8 model inputs, or z vectors (float) for a generator."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    sums = {id(m): [0.0, 0.0] for m in norms}
-
-    def record(module, inputs):
-        x = inputs[0].double()
-        dims = [d for d in range(x.dim()) if d != 1]
-        sums[id(module)][0] += x.mean(dims)
-        sums[id(module)][1] += x.var(dims, unbiased=False)
-
-    hooks = [m.register_forward_pre_hook(record) for m in norms]
-    was_training = model.training
-    model.to(device).train()
-    batches = 0
-    try:
-        for start in range(0, len(images) - batch_size + 1, batch_size):
-            batch = images[start:start + batch_size].to(device)
-            model(to_model_range(batch) if batch.dtype == torch.uint8 else batch)
-            batches += 1
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    if batches == 0:
-        raise UserError(f"batch-norm statistics need at least one batch of {batch_size} images, got {len(images)}")
-    for m in norms:
-        m.running_mean.copy_(sums[id(m)][0] / batches)
-        m.running_var.copy_(sums[id(m)][1] / batches)
-
-
 class PixelExtractor(nn.Module):
     """The raw-pixels baseline: the image in [-1, 1], flattened (standardised later like any feature)."""
 

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from .config import ModelConfig
+from .data import to_model_range
+from .errors import UserError
 
 
 def same_padding(kernel_size: int) -> int:
@@ -35,7 +37,8 @@ def weights_init(module: nn.Module) -> None:
 
 
 class Generator(nn.Module):
-    """Maps z to an image in [-1, 1]: a 4x4 projection, then stride-2 transposed convolutions."""
+    """Maps z to an image in [-1, 1]: a 4x4 projection, then transposed convolutions of stride 2 (doubling the
+    size) or 1 (keeping it, as in the paper's ImageNet generator)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -60,13 +63,17 @@ class Generator(nn.Module):
                 nn.ReLU(True),
                 nn.Unflatten(1, (widths[0], 4, 4)),
             )
+        strides = cfg.generator_strides
         layers: list[nn.Module] = []
-        for c_in, c_out in zip(widths[:-1], widths[1:]):
-            # (N, c_in, s, s) -> (N, c_out, 2s, 2s)
-            layers += [nn.ConvTranspose2d(c_in, c_out, k, 2, pad, output_padding=out_pad, bias=False),
+        for c_in, c_out, stride in zip(widths[:-1], widths[1:], strides):
+            # (N, c_in, s, s) -> (N, c_out, stride * s, stride * s)
+            layers += [nn.ConvTranspose2d(c_in, c_out, k, stride, pad, output_padding=out_pad if stride == 2 else 0,
+                                          bias=False),
                        nn.BatchNorm2d(c_out, eps=cfg.bn_eps), nn.ReLU(True)]
-        # (N, widths[-1], size/2, size/2) -> (N, channels, size, size); no BN on G's output.
-        layers += [nn.ConvTranspose2d(widths[-1], cfg.channels, k, 2, pad, output_padding=out_pad, bias=False),
+        # (N, widths[-1], size/stride, size/stride) -> (N, channels, size, size); no BN on G's output.
+        last = strides[-1]
+        layers += [nn.ConvTranspose2d(widths[-1], cfg.channels, k, last, pad, output_padding=out_pad if last == 2 else 0,
+                                      bias=False),
                    nn.Tanh()]
         self.upsample = nn.Sequential(*layers)
         self.z_dim = cfg.z_dim
@@ -136,3 +143,41 @@ def sample_noise(n: int, cfg: ModelConfig, generator: torch.Generator | None = N
     if cfg.z_distribution == "uniform":
         return torch.rand(n, cfg.z_dim, generator=generator) * 2 - 1
     return torch.randn(n, cfg.z_dim, generator=generator)
+
+
+@torch.no_grad()
+def recompute_batchnorm_stats(model: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,
+                              keep_partial: bool = False) -> None:
+    """Replace every batch-norm layer's running statistics by the authors' recipe: the average, over
+    ``batch_size``-image batches, of the per-batch channel means and biased variances, with each batch
+    normalised by its own statistics on the way (train-mode batch norm). A last partial batch is dropped,
+    or with ``keep_partial`` counted as one batch, as the authors' SVHN script does.
+
+    ``images`` are uint8 model inputs, or z vectors (float) for a generator."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    sums = {id(m): [0.0, 0.0] for m in norms}
+
+    def record(module, inputs):
+        x = inputs[0].double()
+        dims = [d for d in range(x.dim()) if d != 1]
+        sums[id(module)][0] += x.mean(dims)
+        sums[id(module)][1] += x.var(dims, unbiased=False)
+
+    hooks = [m.register_forward_pre_hook(record) for m in norms]
+    was_training = model.training
+    model.to(device).train()
+    batches = 0
+    try:
+        for start in range(0, len(images) - (0 if keep_partial else batch_size - 1), batch_size):
+            batch = images[start:start + batch_size].to(device)
+            model(to_model_range(batch) if batch.dtype == torch.uint8 else batch)
+            batches += 1
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    if batches == 0:
+        raise UserError(f"batch-norm statistics need at least one batch of {batch_size} images, got {len(images)}")
+    for m in norms:
+        m.running_mean.copy_(sums[id(m)][0] / batches)
+        m.running_var.copy_(sums[id(m)][1] / batches)

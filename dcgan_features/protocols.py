@@ -106,6 +106,14 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
             "timings": {"select_c_s": round(select_s, 2), "refit_s": round(time.perf_counter() - start, 2)}}
 
 
+def svhn_shuffle(n: int, val_size: int, split_seed: int = 42) -> np.ndarray:
+    """The authors' SVHN split: the training set shuffled with ``split_seed``; the first ``val_size`` rows of this
+    order are validation, the rest the labelled pool (and, in this order, the images of their BN statistics)."""
+    if val_size >= n:
+        raise UserError(f"the validation split ({val_size}) must be smaller than the training set ({n})")
+    return np.random.RandomState(split_seed).permutation(n)
+
+
 def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
                   labels_per_class: int = 100, val_draws: int = 10, test_draws: int = 100, val_size: int = 10_000,
                   split_seed: int = 42) -> dict:
@@ -115,9 +123,7 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     labelled pool. For each C, ``val_draws`` class-balanced draws of ``labels_per_class`` images are fitted
     and scored on validation; the best mean wins. Then ``test_draws`` fresh draws are fitted at that C and
     scored on test. Reports the mean test error, its std and 1.96 x std (the paper's ±)."""
-    if val_size >= len(train_y):
-        raise UserError(f"the validation split ({val_size}) must be smaller than the training set ({len(train_y)})")
-    order = np.random.RandomState(split_seed).permutation(len(train_y))
+    order = svhn_shuffle(len(train_y), val_size, split_seed)
     val_rows, pool_rows = np.sort(order[:val_size]), np.sort(order[val_size:])
     draw = lambda k: pool_rows[class_balanced_draw(train_y[pool_rows], labels_per_class,  # noqa: E731
                                                    np.random.default_rng([seed, k]))]

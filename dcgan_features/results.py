@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 import shlex
-import sys
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from .artifacts import atomic_path, git_commit, read_json, write_json
+from .artifacts import atomic_path, read_json, write_json
 from .config import Config, ModelConfig
 from .errors import UserError
 
@@ -52,21 +49,6 @@ def result_path(results_dir: str | Path, *, eval_dataset: str, protocol: str, pr
     name = (f"{eval_dataset}_{protocol}_{pretrain_dataset}-{checkpoint_sha256[:10]}"
             f"_{settings_hash(config)}_seed{seed}.json")
     return Path(results_dir) / name
-
-
-def provenance() -> dict[str, Any]:
-    import numpy
-    import sklearn
-    import torch
-
-    return {
-        "git_commit": git_commit(),
-        "command": "dcgan-features " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name == "dcgan-features" else None,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
-                     "scikit-learn": sklearn.__version__, "numpy": numpy.__version__},
-        "machine": f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads",
-    }
 
 
 def write_result(path: Path, result: dict[str, Any], force: bool) -> None:

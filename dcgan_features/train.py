@@ -26,33 +26,17 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.utils import save_image
 
-from .artifacts import append_jsonl, atomic_path, read_json, write_json
+from .artifacts import append_jsonl, atomic_path, provenance, read_json, write_image_grid, write_json
 from .checkpoint import (DISCRIMINATOR_FILE, TRAINING_FILE, config_of, load_checkpoint, load_state,
                          save_checkpoint)
 from .config import Config, TrainConfig
 from .data import ImageSet, load_images, to_model_range
 from .errors import UserError
 from .models import Discriminator, Generator, build_models, sample_noise
-from .results import provenance
+from .runtime import resolve_device, seeded_generator
 
 Echo = Callable[[str], None]
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when present; asking for ``cuda`` without a GPU is an error, not a fallback."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
-    return torch.device(name)
-
-
-def seeded_generator(*words: int) -> torch.Generator:
-    """An independent CPU generator for one purpose (data order, noise, ...) derived from the seed."""
-    seed = int(np.random.SeedSequence(list(words)).generate_state(1, dtype=np.uint64)[0] >> 1)
-    return torch.Generator().manual_seed(seed)
 
 
 @dataclass
@@ -364,8 +348,7 @@ def save_samples(state: TrainingState, path: Path) -> None:
     g.eval()
     images = g(state.fixed_noise.to(next(g.parameters()).device))
     g.train()
-    with atomic_path(path) as tmp:
-        save_image(images.float().cpu(), tmp, format="png", nrow=8, normalize=True, value_range=(-1, 1))
+    write_image_grid(images, path, nrow=8)
 
 
 def finish_run(state: TrainingState, config: Config, run_dir: Path, echo: Echo, rewrite: bool) -> Path:

@@ -123,7 +123,7 @@ def test_cache_entry_with_mismatched_key_is_not_used(tmp_path):
 
 
 def test_data_batchnorm_stats_follow_the_authors_recipe():
-    from dcgan_features.features import recompute_batchnorm_stats
+    from dcgan_features.models import recompute_batchnorm_stats
 
     torch.manual_seed(0)
     d = discriminator(**{"model.width": 8})

@@ -1,9 +1,13 @@
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from dcgan_features.config import Config, apply_overrides
 from dcgan_features.models import build_models, sample_noise
+
+ROOT = Path(__file__).parents[1]
 
 
 def models_for(**overrides):
@@ -51,3 +55,39 @@ def test_stride_one_blocks_and_linear_projection():
     assert z.min() >= -1 and z.max() <= 1
     assert d(g(z)).shape == (3,)
     assert d.block_shapes["conv1"] == (16, 32, 32) and d.block_shapes["conv6"] == (64, 4, 4)
+
+
+def test_paper_config_has_the_released_imagenet_models_shapes():
+    """The shapes of the authors' released ImageNet 32x32 model (Newmu/dcgan_code, imagenet/load_pretrained.py and
+    the .npy headers of models/imagenet_gan_pretrain_128f_relu_lrelu_7l_3x3_256z/): G's linear projection
+    (256 -> 8,192 units, BN over all of them), then transposed convolutions 512->512 (3x3, stride 2),
+    512->256 (1), 256->256 (2), 256->128 (1), 128->128 (2), 128->3 (1)."""
+    from dcgan_features.config import load_config
+
+    cfg = load_config(ROOT / "configs" / "paper_imagenet32.toml").model
+    g, d = build_models(cfg)
+    assert g.project[1].weight.shape == (8192, 256) and g.project[2].num_features == 8192
+    convs = [m for m in g.upsample if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert [(m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0]) for m in convs] == [
+        (512, 512, 3, 2), (512, 256, 3, 1), (256, 256, 3, 2), (256, 128, 3, 1), (128, 128, 3, 2), (128, 3, 3, 1)]
+    shapes, x = [], g.project(sample_noise(2, cfg).view(2, 256, 1, 1))
+    for layer in g.upsample:
+        x = layer(x)
+        if isinstance(layer, torch.nn.ConvTranspose2d):
+            shapes.append(tuple(x.shape[1:]))
+    assert shapes == [(512, 8, 8), (256, 8, 8), (256, 16, 16), (128, 16, 16), (128, 32, 32), (3, 32, 32)]
+    assert [(c.in_channels, c.out_channels, c.stride[0]) for c in (b[0] for b in d.blocks.values())] == [
+        (3, 128, 1), (128, 128, 2), (128, 256, 1), (256, 256, 2), (256, 512, 1), (512, 512, 2)]
+    assert d.head.weight.numel() == 8192  # the release's read-out: 8,192 x 1
+
+
+def test_generator_strides_are_validated():
+    from dcgan_features.config import ModelConfig
+    from dcgan_features.errors import UserError
+
+    with pytest.raises(UserError, match="3 strides of 2"):
+        ModelConfig(kernel_size=3, g_strides=(2, 1, 2))
+    with pytest.raises(UserError, match="odd model.kernel_size"):
+        ModelConfig(kernel_size=4, g_strides=(2, 1, 2, 2))
+    with pytest.raises(UserError, match="needs 4 entries"):
+        ModelConfig(kernel_size=3, g_strides=(2, 1, 2, 2), g_widths=(64, 32, 16))

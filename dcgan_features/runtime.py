@@ -1,0 +1,57 @@
+"""Where and how a process runs: the device, and independent seeded random streams. Every stage that
+runs models uses these, so a device or seed is chosen the same way everywhere."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; asking for ``cuda`` without a GPU is an error, not a fallback."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(name)
+
+
+def seeded_generator(*words: int) -> torch.Generator:
+    """An independent CPU generator for one purpose (data order, noise, ...) derived from the seed."""
+    seed = int(np.random.SeedSequence(list(words)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return torch.Generator().manual_seed(seed)
+
+
+# The instruction sets that decide how fast float32 and bfloat16 convolutions run on a CPU. A hypervisor may hide
+# some of the host's (a Zen 4 host can show a guest AVX2 only), so they are read from the machine, not assumed.
+SPEED_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "asimd", "sve", "bf16")
+
+
+def cpu_flags() -> tuple[str, ...]:
+    """The :data:`SPEED_FLAGS` this CPU reports (Linux ``/proc/cpuinfo``; empty elsewhere)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return ()
+    reported = set()
+    for line in lines:
+        if line.lower().startswith(("flags", "features")):
+            reported.update(line.split(":", 1)[1].split())
+    return tuple(flag for flag in SPEED_FLAGS if flag in reported)
+
+
+def cpu_description() -> str:
+    """The CPU's model, the vector unit torch dispatches to and the speed-relevant flags, for provenance."""
+    model = platform.processor() or platform.machine()
+    try:
+        names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    except OSError:
+        pass
+    return f"{model} (torch dispatch {torch.backends.cpu.get_cpu_capability()}; flags {' '.join(cpu_flags()) or 'none'})"
