@@ -56,7 +56,8 @@ def main() -> None:
     write_table(args.out, "evaluate_scale",
                 f"`dcgan-features evaluate --protocol full` on {args.dataset} with an untrained D of "
                 f"{args.config} (svm {svm['solver']}, tol {svm['tol']:g}, Hessian products in "
-                f"{svm.get('hessian_precision', 'float32')}, CG preconditioner rank {svm.get('preconditioner_rank', 0)}), "
+                f"{svm.get('hessian_precision', 'float32')}, "
+                f"CG preconditioner rank {svm.get('preconditioner_rank', 0)}), "
                 "one process, cold feature cache",
                 table, f"Command: `{' '.join(command[1:])}` (the temporary folders are removed afterwards). "
                        "peak_rss_gb is the evaluate process's ru_maxrss.")

@@ -14,12 +14,13 @@ import time
 import pandas as pd
 import torch
 
-from common import write_table
 from dcgan_features.config import load_config
 from dcgan_features.data import load_images
 from dcgan_features.features import FrozenExtractor, PoolingSpec, extract
 from dcgan_features.models import build_models
 from dcgan_features.runtime import resolve_device
+
+from common import write_table
 
 CONFIGS = ("configs/cifar10.toml", "configs/paper_imagenet32.toml")
 

@@ -26,11 +26,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from common import write_table
 from dcgan_features.config import apply_overrides, load_config
 from dcgan_features.data import load_images, to_model_range
 from dcgan_features.runtime import resolve_device
 from dcgan_features.train import new_state, train_step
+
+from common import write_table
 
 
 class TorchvisionStyleImages(Dataset):

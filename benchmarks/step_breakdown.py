@@ -21,10 +21,11 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import write_table
 from dcgan_features.config import apply_overrides, load_config
 from dcgan_features.runtime import resolve_device
 from dcgan_features.train import new_state, train_step
+
+from common import write_table
 from pretrain_throughput import reference_step, with_default_adam
 
 KINDS = {"aten.convolution": "convolution forward", "aten.convolution_backward": "convolution backward"}

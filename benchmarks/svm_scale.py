@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from common import peak_rss_gb, write_table
 from dcgan_features.config import SvmConfig
+
+from common import peak_rss_gb, write_table
 
 ARCHITECTURES = {7168: "configs/cifar10.toml", 28672: "configs/paper_imagenet32.toml"}
 LIBLINEAR_BYTES_PER_VALUE = 8 + 16 + 4  # float64 copy, feature_node (int index + double value), our float32
@@ -113,7 +114,8 @@ def measure(solver: str, paths: tuple[Path, Path], n: int, d: int, C: float, tim
     except subprocess.TimeoutExpired:
         return {**row, "note": f"stopped after {timeout} s"}
     if done.returncode != 0:
-        return {**row, "note": f"failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"}
+        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode
+        return {**row, "note": f"failed: {reason}"}
     return {**row, **json.loads(done.stdout.strip().splitlines()[-1]), "note": ""}
 
 

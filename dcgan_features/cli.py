@@ -9,10 +9,18 @@ from pathlib import Path
 
 import click
 
-from .config import DATASETS, load_config, parse_set_option
+from .config import (
+    BASELINES,
+    BN_STATS,
+    DATASETS,
+    DEVICES,
+    PROTOCOLS,
+    SOLVERS,
+    EvalConfig,
+    load_config,
+    parse_set_option,
+)
 from .errors import UserError
-
-DEVICES = click.Choice(["auto", "cpu", "cuda"])
 
 
 def default_cache_dir() -> Path:
@@ -78,7 +86,7 @@ def cli() -> None:
 @click.option("--epochs", type=int, default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--seed", type=int, default=None)
-@click.option("--device", type=DEVICES, default=None, help="auto uses CUDA when present.")
+@click.option("--device", type=click.Choice(DEVICES), default=None, help="auto uses CUDA when present.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run directory [default: runs/DATASET-seedSEED]. An existing run is resumed.")
 @click.option("--force", is_flag=True, help="Discard an existing run in --out and start over.")
@@ -122,30 +130,33 @@ class SeedsCommand(click.Command):
 @dataset_option
 @click.option("--data-root", type=str, default=None, help="Folder holding the dataset [default: the run's].")
 @click.option("--download", is_flag=True, default=None, help="Fetch the dataset with torchvision if missing.")
-@click.option("--protocol", type=str, default="full", show_default=True,
+@click.option("--protocol", type=click.Choice(PROTOCOLS), default=EvalConfig.protocol, show_default=True,
               help="full (all training labels), per-class (repeated class-balanced draws) or svhn-1000 "
                    "(the paper authors' SVHN protocol).")
-@click.option("--labels-per-class", type=int, default=None,
+@click.option("--labels-per-class", type=int, default=EvalConfig.labels_per_class,
               help="Labelled images per class in each draw [default: 400 per-class, 100 svhn-1000].")
-@click.option("--draws", type=int, default=10, show_default=True,
+@click.option("--draws", type=int, default=EvalConfig.draws, show_default=True,
               help="Class-balanced draws (per-class), or validation draws per C (svhn-1000).")
-@click.option("--test-draws", type=int, default=100, show_default=True, help="Test draws (svhn-1000).")
-@click.option("--val-size", type=int, default=10_000, show_default=True,
+@click.option("--test-draws", type=int, default=EvalConfig.test_draws, show_default=True,
+              help="Test draws (svhn-1000).")
+@click.option("--val-size", type=int, default=EvalConfig.val_size, show_default=True,
               help="Validation images taken first from the seed-42 shuffle (svhn-1000).")
-@click.option("--baseline", type=click.Choice(["pixels", "untrained"]), default=None,
+@click.option("--baseline", type=click.Choice(BASELINES), default=None,
               help="Evaluate a baseline instead of the checkpoint's D: standardised raw pixels, or a freshly "
                    "initialised D of the checkpoint's architecture (seeded by --seed).")
-@click.option("--svm", "solver", type=click.Choice(["torch", "liblinear"]), default=None,
+@click.option("--svm", "solver", type=click.Choice(SOLVERS), default=None,
               help="SVM solver [default: the config's svm.solver].")
-@click.option("--bn-stats", type=click.Choice(["running", "data"]), default=None,
+@click.option("--bn-stats", type=click.Choice(BN_STATS), default=None,
               help="Batch-norm statistics for extraction: D's running averages, or recomputed from the "
                    "training split's images as the paper's authors did [default: features.bn_stats].")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Take [data], [features] and [svm] from this config (the architecture must match).")
-@click.option("--seeds", "--seed", "seeds", type=click.IntRange(min=0), multiple=True, default=(0,), show_default=True,
+              help="Take [data], [features] and [svm] from this config (the architecture must match); "
+                   "flags and --set win over it, and it wins over the checkpoint's own config.")
+@click.option("--seeds", "--seed", "seeds", type=click.IntRange(min=0), multiple=True, default=EvalConfig.seeds,
+              show_default=True,
               help="Evaluation seeds (validation split, label draws, untrained baseline), e.g. --seeds 0 1 2: "
                    "one result file per seed, then the mean ± std.")
-@click.option("--device", type=DEVICES, default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default=EvalConfig.device, show_default=True)
 @click.option("--results-dir", type=click.Path(file_okay=False), default="results", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Feature cache [default: $XDG_CACHE_HOME/dcgan-features].")
@@ -157,13 +168,12 @@ def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_clas
     """Evaluate a checkpoint's frozen discriminator with an L2-SVM."""
     from .evaluate import evaluate_seeds
 
-    if dataset is not None and dataset not in DATASETS:
-        raise UserError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    settings = EvalConfig(protocol=protocol, labels_per_class=labels_per_class, draws=draws, test_draws=test_draws,
+                          val_size=val_size, baseline=baseline or "", device=device, seeds=tuple(seeds),
+                          dataset=dataset or "", root=data_root or "")
     overrides = _overrides(set_pairs, data__download=download, svm__solver=solver, features__bn_stats=bn_stats)
-    evaluate_seeds(checkpoint, seeds, dataset=dataset, data_root=data_root, config_path=config_path,
-                   overrides=overrides, protocol=protocol, device=device, results_dir=results_dir,
-                   cache_dir=cache_dir or default_cache_dir(), force=force, labels_per_class=labels_per_class,
-                   draws=draws, test_draws=test_draws, val_size=val_size, baseline=baseline, echo=click.echo)
+    evaluate_seeds(checkpoint, settings, config_path=config_path, overrides=overrides, results_dir=results_dir,
+                   cache_dir=cache_dir or default_cache_dir(), force=force, echo=click.echo)
 
 
 @cli.command()

@@ -24,7 +24,15 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 from .errors import UserError
 
+# One registry per choice: the config classes below, the CLI's options and the stages that act on a choice
+# all read these, so a new dataset, protocol or solver is added in one place.
 DATASETS = ("cifar10", "svhn", "imagenet32", "folder", "digits", "fake")
+DEVICES = ("auto", "cpu", "cuda")
+PROTOCOLS = ("full", "per-class", "svhn-1000")
+BASELINES = ("pixels", "untrained")
+SOLVERS = ("torch", "liblinear")
+BN_STATS = ("running", "data")
+POOLS = ("max", "avg")
 
 
 @dataclass(frozen=True)
@@ -54,7 +62,8 @@ class ModelConfig:
     d_strides: tuple[int, ...] = ()  # empty: every block has stride 2
     d_batchnorm_first: bool = False  # the paper: no batch norm on D's input layer
     g_widths: tuple[int, ...] = ()  # G's widths from the 4x4 projection upwards
-    g_strides: tuple[int, ...] = ()  # one per transposed conv after the projection (the last makes the image); empty: all 2
+    # One stride (1 or 2) per transposed conv after the projection, the last making the image; empty: all 2.
+    g_strides: tuple[int, ...] = ()
     g_projection: str = "conv"  # conv (4x4 transposed conv) | linear (linear + BN1d, as the authors' code)
     bn_eps: float = 1e-5
 
@@ -136,8 +145,8 @@ class TrainConfig:
     compile: bool = False
 
     def __post_init__(self) -> None:
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UserError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+        if self.device not in DEVICES:
+            raise UserError(f"train.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         for name in ("epochs", "batch_size", "log_every", "num_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be at least 1")
@@ -163,10 +172,10 @@ class FeatureConfig:
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if self.pool not in ("max", "avg"):
-            raise UserError("features.pool must be 'max' or 'avg'")
-        if self.bn_stats not in ("running", "data"):
-            raise UserError("features.bn_stats must be 'running' or 'data'")
+        if self.pool not in POOLS:
+            raise UserError(f"features.pool must be one of {', '.join(POOLS)}")
+        if self.bn_stats not in BN_STATS:
+            raise UserError(f"features.bn_stats must be one of {', '.join(BN_STATS)}")
         if self.grid < 1:
             raise UserError("features.grid must be at least 1")
 
@@ -181,17 +190,17 @@ class SvmConfig:
     standardize: bool = True  # scale features with training-set statistics (the authors' recipe: false)
     max_iter: int = 1000
     tol: float = 1e-4
-    # torch solver: precision of the Hessian products inside CG. bfloat16 halves their memory traffic
-    # (2-2.5x faster fits on the 2-core AMD CPU this was measured on; objective unchanged to ~1e-6);
-    # the objective, gradient and line search stay float32.
+    # torch solver: precision of the Hessian products inside CG. bfloat16 halves their memory traffic; the
+    # objective, gradient and line search stay float32, so it changes the path to the optimum, not the optimum
+    # (tests/test_svm.py bounds the objective's gap to LinearSVC in both precisions).
     hessian_precision: str = "float32"
     # torch solver: rank of the randomised Nystrom sketch of X^T X that preconditions CG (0: plain CG).
     # It changes the path to the optimum, not the optimum.
     preconditioner_rank: int = 0
 
     def __post_init__(self) -> None:
-        if self.solver not in ("torch", "liblinear"):
-            raise UserError("svm.solver must be 'torch' or 'liblinear'")
+        if self.solver not in SOLVERS:
+            raise UserError(f"svm.solver must be one of {', '.join(SOLVERS)}")
         if self.hessian_precision not in ("float32", "bfloat16"):
             raise UserError("svm.hessian_precision must be 'float32' or 'bfloat16'")
         if self.preconditioner_rank < 0:
@@ -230,6 +239,50 @@ class Config:
                 raise UserError(f"{source}: [{name}] must be a table of keys")
             built[name] = _build_section(section_cls, name, values, source)
         return cls(**built)
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How ``evaluate`` runs, besides a config's [data], [features] and [svm]: each default is written here once,
+    and the CLI builds one of these as ``pretrain`` builds a :class:`Config`. ``dataset`` and ``root`` left
+    empty come from the config file, then from the checkpoint."""
+
+    protocol: str = "full"
+    labels_per_class: int = 0  # 0: the protocol's default (400 for per-class, 100 for svhn-1000)
+    draws: int = 10  # class-balanced draws (per-class), or validation draws per C (svhn-1000)
+    test_draws: int = 100  # svhn-1000
+    val_size: int = 10_000  # svhn-1000: validation images first in the seed-42 shuffle
+    baseline: str = ""  # "", pixels or untrained
+    device: str = "auto"
+    seeds: tuple[int, ...] = (0,)
+    dataset: str = ""
+    root: str = ""
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        if self.baseline and self.baseline not in BASELINES:
+            raise UserError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
+        if self.dataset and self.dataset not in DATASETS:
+            raise UserError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.device not in DEVICES:
+            raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.draws < 1 or self.test_draws < 1:
+            raise UserError("--draws and --test-draws must be at least 1")
+        if self.labels_per_class < 0 or any(seed < 0 for seed in self.seeds):
+            raise UserError("--labels-per-class and --seeds must not be negative")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"a seed is given twice in --seeds {' '.join(map(str, self.seeds))}")
+
+    @property
+    def labels(self) -> int:
+        return self.labels_per_class or {"per-class": 400, "svhn-1000": 100}.get(self.protocol, 0)
+
+    @property
+    def protocol_name(self) -> str:
+        """The protocol with the settings that change its outcome, as results and the report name it."""
+        return {"full": "full", "per-class": f"per-class-{self.labels}x{self.draws}",
+                "svhn-1000": f"svhn-{self.labels}pc-{self.draws}x{self.test_draws}-val{self.val_size}"}[self.protocol]
 
 
 def _section_classes() -> dict[str, type]:

@@ -49,7 +49,8 @@ def load_images(name: str, root: str | Path, split: str, *, image_size: int, cha
                 download: bool = False) -> ImageSet:
     """Load one split of the named dataset, converted to ``channels`` and resized to ``image_size``."""
     readers: dict[str, Callable[[Path, str, bool], tuple[np.ndarray, np.ndarray | None]]] = {
-        "cifar10": read_cifar10, "svhn": read_svhn, "imagenet32": read_imagenet32, "folder": partial(read_folder, image_size=image_size),
+        "cifar10": read_cifar10, "svhn": read_svhn, "imagenet32": read_imagenet32,
+        "folder": partial(read_folder, image_size=image_size),
         "digits": read_digits, "fake": read_fake,
     }
     if name not in readers:

@@ -5,30 +5,34 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 
 from .artifacts import provenance, sha256_file
 from .checkpoint import load_checkpoint, load_discriminator, resolve_checkpoint
-from .config import Config, apply_overrides, read_config_file
-from .models import Discriminator, build_models, recompute_batchnorm_stats
-from .data import load_images
+from .config import Config, EvalConfig, apply_overrides, read_config_file
+from .data import ImageSet, load_images
 from .errors import UserError
 from .features import FrozenExtractor, PixelExtractor, PoolingSpec, cache_key, cached_features
-from .results import (architecture_name, format_result, known_pretrain_seed, read_result, result_path,
-                      unfinished, write_result)
-from .protocols import run_full, run_per_class, run_svhn_1000
-from .svm import make_classifier
+from .models import Discriminator, build_models, recompute_batchnorm_stats
+from .protocols import Outcome, run_full, run_per_class, run_svhn_1000, svhn_shuffle
+from .results import (
+    SCHEMA,
+    architecture_name,
+    format_result,
+    known_pretrain_seed,
+    read_result,
+    result_path,
+    unfinished,
+    write_result,
+)
 from .runtime import resolve_device
-
-PROTOCOLS = ("full", "per-class", "svhn-1000")
-DEFAULT_LABELS_PER_CLASS = {"per-class": 400, "svhn-1000": 100}
-
+from .svm import make_classifier
 
 EVALUATION_SECTIONS = ("data", "features", "svm")
 
@@ -66,15 +70,10 @@ class Subject:
     baseline: str | None = None  # None, "untrained" (fresh D, same architecture) or "pixels"
 
 
-BASELINES = ("pixels", "untrained")
-
-
 def load_subject(checkpoint: str | Path | None, config_path, overrides: Mapping[str, Any], baseline: str | None = None,
                  seed: int = 0) -> Subject:
     """The checkpoint's D, or for a baseline a stand-in that keeps its architecture and data settings.
     A baseline needs no checkpoint when ``config_path`` gives the architecture."""
-    if baseline is not None and baseline not in BASELINES:
-        raise UserError(f"unknown baseline {baseline!r}; choose one of {', '.join(BASELINES)}")
     if checkpoint is None:
         if baseline is None or config_path is None:
             raise UserError("--checkpoint is required, except for a --baseline whose architecture comes from --config")
@@ -93,105 +92,133 @@ def load_subject(checkpoint: str | Path | None, config_path, overrides: Mapping[
     return Subject(path, identity, {"kind": f"{baseline}-baseline", "epoch": 0}, untrained, stored, config, baseline)
 
 
-def evaluate(checkpoint: str | Path | None, *, dataset: str | None = None, data_root: str | None = None,
+@dataclass(frozen=True)
+class Run:
+    """One evaluation, resolved: what is evaluated, on which data, and where its result goes."""
+
+    subject: Subject
+    settings: EvalConfig
+    seed: int
+    out_path: Path
+
+    @property
+    def dataset(self) -> str:
+        return self.subject.config.data.dataset
+
+
+def resolve(checkpoint, settings: EvalConfig, seed: int, config_path, overrides: Mapping[str, Any],
+            results_dir) -> Run:
+    """Load what is evaluated and settle every setting: flags over ``--set`` over the config over the checkpoint."""
+    flags = {key: value for key, value in {"data.dataset": settings.dataset, "data.root": settings.root}.items()
+             if value}
+    subject = load_subject(checkpoint, config_path, {**overrides, **flags}, settings.baseline or None, seed)
+    out_path = result_path(results_dir, eval_dataset=subject.config.data.dataset, protocol=settings.protocol_name,
+                           pretrain_dataset=settings.baseline or subject.stored.data.dataset,
+                           checkpoint_sha256=subject.sha256, config=subject.config, seed=seed)
+    return Run(subject, settings, seed, out_path)
+
+
+def evaluate(checkpoint: str | Path | None, settings: EvalConfig = EvalConfig(), *, seed: int = 0,
              config_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
-             seed: int = 0, protocol: str = "full", device: str = "auto", results_dir: str | Path = "results",
-             cache_dir: str | Path | None = None, force: bool = False, labels_per_class: int | None = None,
-             draws: int = 10, test_draws: int = 100, val_size: int = 10_000, baseline: str | None = None,
+             results_dir: str | Path = "results", cache_dir: str | Path | None = None, force: bool = False,
              echo: Callable[[str], None] = print, origin: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate a checkpoint's frozen discriminator on ``dataset``; returns the result dict written to disk.
+    """Evaluate a checkpoint's frozen discriminator as ``settings`` say; returns the result written to disk.
 
     ``seed`` drives everything random in the evaluation (validation split, label draws, the untrained
     baseline's initialisation). ``origin`` is the provenance to record, read once when several seeds
     are evaluated by one command."""
-    if protocol not in PROTOCOLS:
-        raise UserError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    labels_per_class = labels_per_class or DEFAULT_LABELS_PER_CLASS.get(protocol, 0)
-    protocol_name = {"full": "full", "per-class": f"per-class-{labels_per_class}x{draws}",
-                     "svhn-1000": f"svhn-{labels_per_class}pc-{draws}x{test_draws}-val{val_size}"}[protocol]
     started, origin = time.perf_counter(), origin or provenance()  # the commit that runs is the one checked out now
-    flags = {key: value for key, value in {"data.dataset": dataset, "data.root": data_root}.items() if value}
-    subject = load_subject(checkpoint, config_path, {**(overrides or {}), **flags}, baseline, seed)
-    eval_dataset = subject.config.data.dataset
-    out_path = result_path(results_dir, eval_dataset=eval_dataset, protocol=protocol_name,
-                           pretrain_dataset=baseline or subject.stored.data.dataset, checkpoint_sha256=subject.sha256,
-                           config=subject.config, seed=seed)
-    if out_path.exists() and not force:
-        echo(f"already evaluated: {out_path} (pass --force to recompute)")
-        echo(format_result(result := read_result(out_path)))
+    run = resolve(checkpoint, settings, seed, config_path, overrides or {}, results_dir)
+    if run.out_path.exists() and not force:
+        echo(f"already evaluated: {run.out_path} (pass --force to recompute)")
+        echo(format_result(result := read_result(run.out_path)))
         return result
-    record = subject_record(subject)
-    if unfinished(record["checkpoint"]):
-        echo(f"warning: {subject.path} is the checkpoint of an unfinished run ({unfinished(record['checkpoint'])}): "
-             "there is no discriminator.pt yet, so this evaluates D as it was mid-training")
-    torch_device = resolve_device(device)
-    train, test, spec, timings = extract_splits(subject, eval_dataset, subject.config.data.root, cache_dir,
-                                                torch_device, echo)
-    factory = partial(make_classifier, subject.config.svm, device=str(torch_device))
-    arrays = (train.features, train.labels, test.features, test.labels,  # memory-mapped when cached
-              subject.config.svm, seed, factory)
-    if protocol == "full":
-        outcome = run_full(*arrays)
-    elif protocol == "per-class":
-        outcome = run_per_class(*arrays, labels_per_class, draws)
-    else:
-        outcome = run_svhn_1000(*arrays, labels_per_class, draws, test_draws, val_size)
-    if outcome["c_at_grid_edge"]:
-        echo(f"warning: the best C on validation ({outcome['chosen_C']:g}) is at the edge of svm.c_grid; "
-             "a wider grid may do better")
-    stopped_early = [f for f in outcome["fits"] if not f["converged"]]
-    if stopped_early:
-        at = ", ".join(f"{c:g}" for c in sorted({f["C"] for f in stopped_early}))
-        echo(f"warning: {len(stopped_early)} of {len(outcome['fits'])} SVM fits stopped before converging "
-             f"(at C = {at}); their accuracy may be off: raise svm.max_iter (the result lists every fit under 'fits')")
-    timings.update(outcome.pop("timings"), total_s=round(time.perf_counter() - started, 2))
-    result = {
-        "schema": "dcgan-features/result/v1", "eval_dataset": eval_dataset, "protocol": protocol_name, "seed": seed,
-        **outcome, "test_error": 1 - outcome["test_accuracy"], "n_test": int(len(test.labels)),
-        "feature_dim": int(train.features.shape[1]), "feature_spec": describe(spec, subject),
-        "bn_stats": subject.config.features.bn_stats, "svm_solver": subject.config.svm.solver,
-        **record, "cache_hit": {"train": train.cache_hit, "test": test.cache_hit},
-        "timings": timings, "device": str(torch_device), "config": subject.config.to_dict(), **origin,
-    }
-    write_result(out_path, result, force)
+    record = subject_record(run.subject)
+    if where := unfinished(record["checkpoint"]):
+        echo(f"warning: {run.subject.path} is the checkpoint of an unfinished run ({where}): there is no "
+             "discriminator.pt yet, so this evaluates D as it was mid-training")
+    device = resolve_device(settings.device)
+    train, test, spec, timings = extract_splits(run, cache_dir, device, echo)
+    outcome = run_protocol(run, train, test, device)
+    warn_about(outcome, echo)
+    timings.update(outcome.timings, total_s=round(time.perf_counter() - started, 2))
+    result = build_result(run, outcome, train, test, spec, record, timings, device, origin)
+    write_result(run.out_path, result, force)
     echo(format_result(result))
-    echo(f"result: {out_path}")
+    echo(f"result: {run.out_path}")
     return result
 
 
-def evaluate_seeds(checkpoint: str | Path | None, seeds: Sequence[int], *, echo: Callable[[str], None] = print,
-                   **options: Any) -> list[dict[str, Any]]:
-    """:func:`evaluate` once per seed (one result file each), then the mean ± std over seeds.
+def run_protocol(run: Run, train, test, device: torch.device) -> Outcome:
+    """The protocol the settings name, on the (memory-mapped) train and test features."""
+    settings, svm = run.settings, run.subject.config.svm
+    arrays = (train.features, train.labels, test.features, test.labels, svm, run.seed,
+              partial(make_classifier, svm, device=str(device)))
+    if settings.protocol == "full":
+        return run_full(*arrays)
+    if settings.protocol == "per-class":
+        return run_per_class(*arrays, settings.labels, settings.draws)
+    return run_svhn_1000(*arrays, settings.labels, settings.draws, settings.test_draws, settings.val_size)
+
+
+def warn_about(outcome: Outcome, echo: Callable[[str], None]) -> None:
+    """Say so when C sits at the edge of its grid, or when a fit stopped before converging."""
+    if outcome.c_at_grid_edge:
+        echo(f"warning: the best C on validation ({outcome.chosen_C:g}) is at the edge of svm.c_grid; "
+             "a wider grid may do better")
+    stopped_early = [f for f in outcome.fits if not f["converged"]]
+    if stopped_early:
+        at = ", ".join(f"{c:g}" for c in sorted({f["C"] for f in stopped_early}))
+        echo(f"warning: {len(stopped_early)} of {len(outcome.fits)} SVM fits stopped before converging "
+             f"(at C = {at}); their accuracy may be off: raise svm.max_iter (the result lists every fit under 'fits')")
+
+
+def build_result(run: Run, outcome: Outcome, train, test, spec: PoolingSpec, record: dict, timings: dict,
+                 device: torch.device, origin: dict[str, Any]) -> dict[str, Any]:
+    """The result file's contents (schema :data:`results.SCHEMA`), built in this one place."""
+    subject = run.subject
+    measured = {k: v for k, v in asdict(outcome).items() if k not in ("timings", "details")}
+    return {
+        "schema": SCHEMA, "eval_dataset": run.dataset, "protocol": run.settings.protocol_name, "seed": run.seed,
+        **measured, **outcome.details, "test_error": 1 - outcome.test_accuracy, "n_test": int(len(test.labels)),
+        "feature_dim": int(train.features.shape[1]), "feature_spec": describe(spec, subject),
+        "bn_stats": subject.config.features.bn_stats, "svm_solver": subject.config.svm.solver,
+        **record, "cache_hit": {"train": train.cache_hit, "test": test.cache_hit},
+        "timings": timings, "device": str(device), "config": subject.config.to_dict(), **origin,
+    }
+
+
+def evaluate_seeds(checkpoint: str | Path | None, settings: EvalConfig = EvalConfig(), *,
+                   echo: Callable[[str], None] = print, **options: Any) -> list[dict[str, Any]]:
+    """:func:`evaluate` once per seed of ``settings.seeds`` (one result file each), then the mean ± std.
 
     Features are computed once: the later seeds read them from the feature cache."""
-    if len(set(seeds)) != len(seeds):
-        raise UserError(f"a seed is given twice in --seeds {' '.join(map(str, seeds))}")
     origin = provenance()
-    results = [evaluate(checkpoint, seed=seed, echo=echo, origin=origin, **options) for seed in seeds]
+    results = [evaluate(checkpoint, settings, seed=seed, echo=echo, origin=origin, **options)
+               for seed in settings.seeds]
     if len(results) > 1:
         accuracies = 100 * np.array([r["test_accuracy"] for r in results])
-        echo(f"seeds {', '.join(map(str, seeds))}: test accuracy {accuracies.mean():.2f} ± "
+        echo(f"seeds {', '.join(map(str, settings.seeds))}: test accuracy {accuracies.mean():.2f} ± "
              f"{accuracies.std(ddof=1):.2f} (mean ± sample std, n={len(results)})")
     return results
 
 
-def extract_splits(subject: Subject, dataset: str, root: str, cache_dir, device, echo):
-    """Train and test features of ``dataset`` (cached), with batch-norm statistics as configured."""
-    config = subject.config
+def extract_splits(run: Run, cache_dir, device, echo):
+    """Train and test features of the run's dataset (cached), with batch-norm statistics as configured."""
+    subject, config = run.subject, run.subject.config
     spec = PoolingSpec.from_config(config.features, subject.discriminator)
     if subject.baseline == "pixels":
         spec = PoolingSpec(("pixels",), config.model.image_size, "none")
     echo(f"features: {describe(spec, subject)}")
     start = time.perf_counter()
-    data = {split: load_images(dataset, root, split, image_size=config.model.image_size,
+    data = {split: load_images(run.dataset, config.data.root, split, image_size=config.model.image_size,
                                channels=config.model.channels, download=config.data.download)
             for split in ("train", "test")}
     timings = {"load_data_s": round(time.perf_counter() - start, 2)}
-    if config.features.bn_stats == "data" and subject.baseline != "pixels":  # the authors' recipe
-        recompute_batchnorm_stats(subject.discriminator, data["train"].images, 128, device)
+    bn_key = "running"
+    if config.features.bn_stats == "data" and subject.baseline != "pixels":
+        bn_key = recompute_data_statistics(run, data["train"], device)
     extractor = PixelExtractor() if subject.baseline == "pixels" else FrozenExtractor(subject.discriminator, spec)
-    # Recomputed statistics make every split's features depend on the training images too.
-    bn_key = f"data:{data['train'].fingerprint()}" if config.features.bn_stats == "data" else "running"
     features = {}
     for split, images in data.items():
         start = time.perf_counter()
@@ -199,6 +226,21 @@ def extract_splits(subject: Subject, dataset: str, root: str, cache_dir, device,
         features[split] = cached_features(extractor, images, key, cache_dir, config.features.batch_size, device)
         timings[f"features_{split}_s"] = round(time.perf_counter() - start, 2)
     return features["train"], features["test"], spec, timings
+
+
+def recompute_data_statistics(run: Run, train: ImageSet, device) -> str:
+    """D's batch-norm statistics recomputed from training images, the authors' way; returns what the feature
+    cache must know of them (every split's features now depend on those images).
+
+    Under ``svhn-1000`` this follows the authors' SVHN script exactly: the images outside the validation split,
+    in the order of their seed-42 shuffle, in batches of 128 with the last partial batch counted."""
+    images, key = train.images, f"data:{train.fingerprint()}"
+    if run.settings.protocol == "svhn-1000":
+        rows = svhn_shuffle(len(train), run.settings.val_size)[run.settings.val_size:]
+        images, key = images[torch.from_numpy(rows)], f"{key}:svhn-pool-val{run.settings.val_size}:partial"
+    recompute_batchnorm_stats(run.subject.discriminator, images, 128, device,
+                              keep_partial=run.settings.protocol == "svhn-1000")
+    return key
 
 
 def describe(spec: PoolingSpec, subject: Subject) -> str:
@@ -217,7 +259,8 @@ def subject_record(subject: Subject) -> dict[str, Any]:
                              "seed": None, "epochs": 0},
                 "checkpoint": {"path": str(subject.path), "sha256": subject.sha256, "kind": subject.payload["kind"],
                                "architecture_from": sha256_file(subject.path)}}
-    return {"pretrain": {"dataset": subject.stored.data.dataset, "architecture": architecture_name(subject.stored.model),
+    return {"pretrain": {"dataset": subject.stored.data.dataset,
+                         "architecture": architecture_name(subject.stored.model),
                          "seed": known_pretrain_seed(subject.payload.get("kind"), subject.stored.train.seed),
                          "epochs": subject.payload.get("epoch"),
                          "train_seconds": subject.payload.get("train_seconds"),

@@ -135,7 +135,9 @@ def cached_features(extractor: nn.Module, data: ImageSet, key: dict[str, Any], c
     features = extract(extractor, data.images, batch_size, device)
     _write_entry(entry, key, features, labels)
     stored = _read_entry(entry, key)  # memory-mapped like any hit, so the extracted copy is freed on return
-    return FeatureSet(features, labels, np.arange(len(data)), False) if stored is None else replace(stored, cache_hit=False)
+    if stored is None:
+        return FeatureSet(features, labels, np.arange(len(data)), False)
+    return replace(stored, cache_hit=False)
 
 
 def _read_entry(entry: Path, key: dict[str, Any]) -> FeatureSet | None:

@@ -72,8 +72,8 @@ class Generator(nn.Module):
                        nn.BatchNorm2d(c_out, eps=cfg.bn_eps), nn.ReLU(True)]
         # (N, widths[-1], size/stride, size/stride) -> (N, channels, size, size); no BN on G's output.
         last = strides[-1]
-        layers += [nn.ConvTranspose2d(widths[-1], cfg.channels, k, last, pad, output_padding=out_pad if last == 2 else 0,
-                                      bias=False),
+        layers += [nn.ConvTranspose2d(widths[-1], cfg.channels, k, last, pad,
+                                      output_padding=out_pad if last == 2 else 0, bias=False),
                    nn.Tanh()]
         self.upsample = nn.Sequential(*layers)
         self.z_dim = cfg.z_dim

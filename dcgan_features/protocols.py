@@ -15,13 +15,41 @@ the test set with models refit at that C. No function that chooses C receives te
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .config import SvmConfig
 from .errors import UserError
-from .svm import (ClassifierFactory, choose_c, convergence, fit_and_score, fitted_scaler, read_rows, scale_in_place,
-                  select_c, sweep_c, validation_split)
+from .svm import (
+    ClassifierFactory,
+    choose_c,
+    convergence,
+    fit_and_score,
+    fitted_scaler,
+    read_rows,
+    scale_in_place,
+    select_c,
+    sweep_c,
+    validation_split,
+)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a protocol measured. ``details`` holds the protocol's own numbers (per-draw scores, their spread),
+    written into the result file beside the common fields."""
+
+    test_accuracy: float
+    chosen_C: float
+    validation: list[dict]  # the C -> validation accuracy table that chose C, in grid order
+    c_at_grid_edge: bool
+    fits: list[dict]  # every SVM fit: stage, C, iterations, converged
+    n_train: int
+    n_fit: int | None
+    n_val: int | None
+    timings: dict
+    details: dict = field(default_factory=dict)
 
 
 def fit_log(stage: str, fits: list[dict], **where) -> list[dict]:
@@ -56,10 +84,9 @@ def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factor
     if scaler is not None:
         scale_in_place(X_test, scaler)
     fits = fit_log("sweep", selection.table) + fit_log("refit", [{"C": selection.best_c, **convergence(model)}])
-    return {"test_accuracy": float(np.mean(model.predict(X_test) == test_y)), "chosen_C": selection.best_c,
-            "validation": selection.table, "c_at_grid_edge": selection.at_grid_edge, "fits": fits,
-            "n_train": int(len(train_y)), "n_fit": selection.n_fit, "n_val": selection.n_val,
-            "timings": {"select_c_s": round(select_s, 2), "refit_s": round(refit_s, 3)}}
+    return Outcome(float(np.mean(model.predict(X_test) == test_y)), selection.best_c, selection.table,
+                   selection.at_grid_edge, fits, int(len(train_y)), selection.n_fit, selection.n_val,
+                   {"select_c_s": round(select_s, 2), "refit_s": round(refit_s, 3)})
 
 
 def summarise_draws(val_accuracy: dict[float, list[float]], cfg: SvmConfig) -> tuple[float, list[dict], bool]:
@@ -98,12 +125,12 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     accuracies = [r["test_accuracy"] for r in refits]
     fits = [f for d, t in enumerate(tables) for f in fit_log("sweep", t, draw=d)] + \
         [f for d, r in enumerate(refits) for f in fit_log("refit", [r], draw=d)]
-    return {"test_accuracy": float(np.mean(accuracies)), "test_accuracy_std": float(np.std(accuracies, ddof=1))
-            if draws > 1 else 0.0, "test_accuracy_per_draw": accuracies, "chosen_C": best,
-            "validation": validation, "c_at_grid_edge": edge, "fits": fits,
-            "labels_per_class": labels_per_class, "draws": draws, "n_train": labels_per_class * len(np.unique(train_y)),
-            "n_fit": None, "n_val": None,
-            "timings": {"select_c_s": round(select_s, 2), "refit_s": round(time.perf_counter() - start, 2)}}
+    std = float(np.std(accuracies, ddof=1)) if draws > 1 else 0.0
+    return Outcome(float(np.mean(accuracies)), best, validation, edge, fits,
+                   labels_per_class * len(np.unique(train_y)), None, None,
+                   {"select_c_s": round(select_s, 2), "refit_s": round(time.perf_counter() - start, 2)},
+                   {"test_accuracy_std": std, "test_accuracy_per_draw": accuracies,
+                    "labels_per_class": labels_per_class, "draws": draws})
 
 
 def svhn_shuffle(n: int, val_size: int, split_seed: int = 42) -> np.ndarray:
@@ -141,9 +168,8 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     std = float(errors.std(ddof=1)) if test_draws > 1 else 0.0
     fits = [f for C in val_fits for d, r in enumerate(val_fits[C]) for f in fit_log("validation", [r], draw=d)] + \
         [f for d, r in enumerate(test_fits) for f in fit_log("test", [r], draw=val_draws + d)]
-    return {"test_accuracy": float(1 - errors.mean()), "test_error_std": std, "test_error_ci95": 1.96 * std,
-            "test_error_per_draw": errors.tolist(), "chosen_C": best,
-            "validation": validation, "c_at_grid_edge": edge, "fits": fits,
-            "labels_per_class": labels_per_class, "val_draws": val_draws, "test_draws": test_draws,
-            "n_train": labels_per_class * len(np.unique(train_y)), "n_fit": None, "n_val": int(val_size),
-            "timings": {"select_c_s": round(select_s, 2), "refit_s": round(time.perf_counter() - start, 2)}}
+    return Outcome(float(1 - errors.mean()), best, validation, edge, fits,
+                   labels_per_class * len(np.unique(train_y)), None, int(val_size),
+                   {"select_c_s": round(select_s, 2), "refit_s": round(time.perf_counter() - start, 2)},
+                   {"test_error_std": std, "test_error_ci95": 1.96 * std, "test_error_per_draw": errors.tolist(),
+                    "labels_per_class": labels_per_class, "val_draws": val_draws, "test_draws": test_draws})

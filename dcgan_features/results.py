@@ -65,11 +65,11 @@ def format_result(result: dict[str, Any]) -> str:
     for row in result["validation"]:
         mark = "  <- chosen on validation" if row["C"] == result["chosen_C"] else ""
         lines.append(f"  {row['C']:>10.0e}  {100 * row['val_accuracy']:>7.2f}%{mark}")
-    if "test_draws" in result:
+    if result["protocol"].startswith("svhn-"):
         lines.append(f"  test error at C={result['chosen_C']:.0e} over {result['test_draws']} draws of "
                      f"{result['labels_per_class']} labels per class: {100 * result['test_error']:.2f}% "
                      f"± {100 * result['test_error_ci95']:.2f} (1.96 x std)  ({result['n_test']:,} test images)")
-    elif "draws" in result:
+    elif result["protocol"].startswith("per-class-"):
         lines.append(f"  test accuracy at C={result['chosen_C']:.0e}, each of {result['draws']} draws of "
                      f"{result['labels_per_class']} labels per class refit: {100 * result['test_accuracy']:.2f}% "
                      f"± {100 * result['test_accuracy_std']:.2f}  ({result['n_test']:,} test images)")

@@ -54,4 +54,5 @@ def cpu_description() -> str:
         model = names[0] if names else model
     except OSError:
         pass
-    return f"{model} (torch dispatch {torch.backends.cpu.get_cpu_capability()}; flags {' '.join(cpu_flags()) or 'none'})"
+    flags = " ".join(cpu_flags()) or "none"
+    return f"{model} (torch dispatch {torch.backends.cpu.get_cpu_capability()}; flags {flags})"

@@ -71,10 +71,12 @@ class TorchL2SVM(ClassifierMixin, BaseEstimator):
         self.converged_ = not stalled and self.n_iter_ < self.max_iter
         if stalled:
             warnings.warn(f"TorchL2SVM at C={self.C:g}: the line search found no step that decreases the objective "
-                          f"after {self.n_iter_} Newton steps; stopped short of tol={self.tol:g}", ConvergenceWarning)
+                          f"after {self.n_iter_} Newton steps; stopped short of tol={self.tol:g}", ConvergenceWarning,
+                          stacklevel=2)
         elif not self.converged_:
             warnings.warn(f"TorchL2SVM at C={self.C:g} stopped at max_iter={self.max_iter} Newton steps before its "
-                          f"gradient fell below tol={self.tol:g}; raise svm.max_iter", ConvergenceWarning)
+                          f"gradient fell below tol={self.tol:g}; raise svm.max_iter", ConvergenceWarning,
+                          stacklevel=2)
         self.coef_, self.intercept_ = W[:-1].T.cpu().numpy(), W[-1].cpu().numpy()
         return self
 
@@ -249,7 +251,8 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     try:
         fit_rows, val_rows = train_test_split(rows, test_size=fraction, random_state=seed, stratify=labels)
     except ValueError as exc:
-        raise UserError(f"cannot carve a stratified validation split from {len(labels)} training images: {exc}") from None
+        raise UserError(f"cannot carve a stratified validation split from {len(labels)} training images: "
+                        f"{exc}") from None
     return np.sort(fit_rows), np.sort(val_rows)
 
 

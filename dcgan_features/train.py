@@ -28,8 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import append_jsonl, atomic_path, provenance, read_json, write_image_grid, write_json
-from .checkpoint import (DISCRIMINATOR_FILE, TRAINING_FILE, config_of, load_checkpoint, load_state,
-                         save_checkpoint)
+from .checkpoint import DISCRIMINATOR_FILE, TRAINING_FILE, config_of, load_checkpoint, load_state, save_checkpoint
 from .config import Config, TrainConfig
 from .data import ImageSet, load_images, to_model_range
 from .errors import UserError

@@ -145,9 +145,11 @@ def test_evaluate_seeds_option_takes_several_numbers(tmp_path):
 
 
 def test_per_class_protocol_end_to_end_and_its_bad_input(tmp_path, tiny_run):
+    from dcgan_features.config import EvalConfig
     from dcgan_features.evaluate import evaluate
 
-    result = evaluate(tiny_run, protocol="per-class", labels_per_class=20, draws=3, results_dir=tmp_path / "res",
+    result = evaluate(tiny_run, EvalConfig(protocol="per-class", labels_per_class=20, draws=3),
+                      results_dir=tmp_path / "res",
                       cache_dir=None, overrides={"svm.c_grid": [1e-3, 1e-1]}, echo=lambda s: None)
     assert result["protocol"] == "per-class-20x3" and len(result["test_accuracy_per_draw"]) == 3
     assert "more than class" in fail("evaluate", "--checkpoint", tiny_run, "--protocol", "per-class",
@@ -155,22 +157,23 @@ def test_per_class_protocol_end_to_end_and_its_bad_input(tmp_path, tiny_run):
 
 
 def test_baselines_run_through_the_same_pipeline(tmp_path, tiny_run):
+    from dcgan_features.config import EvalConfig
     from dcgan_features.evaluate import evaluate
 
     common = dict(results_dir=tmp_path / "res", cache_dir=tmp_path / "cache", overrides={"svm.c_grid": [1e-2]},
                   echo=lambda s: None)
-    pixels = evaluate(tiny_run, baseline="pixels", **common)
-    untrained = evaluate(tiny_run, baseline="untrained", **common)
+    pixels = evaluate(tiny_run, EvalConfig(baseline="pixels"), **common)
+    untrained = evaluate(tiny_run, EvalConfig(baseline="untrained"), **common)
     trained = evaluate(tiny_run, **common)
     assert pixels["feature_dim"] == 3 * 32 * 32 and pixels["pretrain"]["dataset"] == "none (pixels baseline)"
     assert untrained["feature_dim"] == trained["feature_dim"] == 896
     assert untrained["checkpoint"]["sha256"] != trained["checkpoint"]["sha256"]
     assert len(list((tmp_path / "res").glob("*.json"))) == 3  # three distinct result files
     with pytest.raises(UserError, match="unknown baseline"):
-        evaluate(tiny_run, baseline="noise", **common)
+        evaluate(tiny_run, EvalConfig(baseline="noise"), **common)
     # a baseline can take its architecture from a config instead of a checkpoint
     (tmp_path / "tiny.toml").write_text('[data]\ndataset = "fake"\n[model]\nwidth = 8\n')
-    from_config = evaluate(None, baseline="untrained", config_path=tmp_path / "tiny.toml",
+    from_config = evaluate(None, EvalConfig(baseline="untrained"), config_path=tmp_path / "tiny.toml",
                            **{**common, "results_dir": tmp_path / "res2"})
     assert from_config["test_accuracy"] == untrained["test_accuracy"]  # same architecture, same seed
     assert from_config["feature_dim"] == 896
@@ -247,3 +250,36 @@ def test_evaluate_takes_data_from_flags_then_config_then_checkpoint(tmp_path, ti
     assert evaluated("--config", tmp_path / "digits.toml") == "digits"  # the config's [data] wins over it
     assert evaluated("--config", tmp_path / "digits.toml", "--dataset", "fake") == "fake"  # the flag wins
     assert evaluated("--set", "data.dataset=digits") == "digits"
+
+
+def test_svhn_protocol_takes_data_statistics_as_the_authors_did(tmp_path, tiny_run, monkeypatch):
+    """Under svhn-1000 the recomputed batch-norm statistics come from the images outside the validation split,
+    in the order of the seed-42 shuffle, with the last partial batch counted (the authors' SVHN script); other
+    protocols use every training image in file order and drop the partial batch."""
+    import dcgan_features.evaluate as evaluate_module
+    from dcgan_features.config import EvalConfig
+    from dcgan_features.data import load_images
+    from dcgan_features.protocols import svhn_shuffle
+
+    from test_data import write_svhn
+
+    write_svhn(tmp_path / "train_32x32.mat", 400, seed=0)
+    write_svhn(tmp_path / "test_32x32.mat", 100, seed=1)
+    calls, real = [], evaluate_module.recompute_batchnorm_stats
+
+    def recording(model, images, batch_size, device, keep_partial=False):
+        calls.append((images.clone(), keep_partial))
+        return real(model, images, batch_size, device, keep_partial)
+
+    monkeypatch.setattr(evaluate_module, "recompute_batchnorm_stats", recording)
+    common = dict(overrides={"svm.c_grid": [1e-2], "features.bn_stats": "data"}, cache_dir=tmp_path / "cache",
+                  echo=lambda s: None)
+    svhn = EvalConfig(protocol="svhn-1000", labels_per_class=10, draws=2, test_draws=2, val_size=100,
+                      dataset="svhn", root=str(tmp_path))
+    evaluate_module.evaluate(tiny_run, svhn, results_dir=tmp_path / "a", **common)
+    evaluate_module.evaluate(tiny_run, EvalConfig(dataset="svhn", root=str(tmp_path)), results_dir=tmp_path / "b",
+                             **common)
+    train = load_images("svhn", tmp_path, "train", image_size=32, channels=3).images
+    (pool, partial), (everything, dropped) = calls
+    assert torch.equal(pool, train[torch.from_numpy(svhn_shuffle(400, 100)[100:])]) and partial
+    assert torch.equal(everything, train) and not dropped

@@ -3,7 +3,6 @@ from pathlib import Path
 import pytest
 
 import dcgan_features.config as config_module
-
 from dcgan_features.config import Config, apply_overrides, load_config, parse_set_option
 from dcgan_features.errors import UserError
 
@@ -76,3 +75,17 @@ def test_linear_learning_rate_decay():
     train = apply_overrides(Config(), {"train.epochs": 4, "train.lr_decay_epochs": 2, "train.lr": 1.0}).train
     assert [train.lr_at(e) for e in range(4)] == [1.0, 1.0, 2 / 3, 1 / 3]
     assert Config().train.lr_at(10) == Config().train.lr  # no decay by default
+
+
+def test_evaluation_settings_hold_their_defaults_once_and_refuse_bad_values():
+    from dcgan_features.config import EvalConfig
+
+    assert EvalConfig().protocol_name == "full" and EvalConfig().seeds == (0,)
+    assert EvalConfig(protocol="per-class").protocol_name == "per-class-400x10"
+    assert EvalConfig(protocol="svhn-1000", draws=3).protocol_name == "svhn-100pc-3x100-val10000"
+    assert EvalConfig(protocol="per-class", labels_per_class=20, draws=4).protocol_name == "per-class-20x4"
+    for bad, message in [({"protocol": "loo"}, "unknown protocol"), ({"baseline": "noise"}, "unknown baseline"),
+                         ({"dataset": "mnist"}, "unknown dataset"), ({"draws": 0}, "at least 1"),
+                         ({"seeds": (1, 1)}, "given twice"), ({"device": "tpu"}, "--device")]:
+        with pytest.raises(UserError, match=message):
+            EvalConfig(**bad)

@@ -3,8 +3,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from scipy.io import savemat
 from PIL import Image
+from scipy.io import savemat
 
 from dcgan_features.data import load_array_pickle, load_images
 from dcgan_features.errors import UserError

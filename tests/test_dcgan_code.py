@@ -10,8 +10,15 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from dcgan_features.checkpoint import load_checkpoint, load_discriminator
 from dcgan_features.config import Config
-from dcgan_features.dcgan_code import (DISCRIMINATOR_SHAPES, GENERATOR_SHAPES, SVHN_PAPER, build_discriminator,
-                                       build_generator, import_dcgan_code, read_params)
+from dcgan_features.dcgan_code import (
+    DISCRIMINATOR_SHAPES,
+    GENERATOR_SHAPES,
+    SVHN_PAPER,
+    build_discriminator,
+    build_generator,
+    import_dcgan_code,
+    read_params,
+)
 from dcgan_features.errors import UserError
 
 SHARED = Path(__file__).parents[2] / "shared" / "pretrained" / "dcgan_code_svhn"

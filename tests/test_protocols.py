@@ -30,10 +30,10 @@ def test_per_class_protocol_reports_mean_and_std_over_draws():
     x = (centres[y] + 1.5 * rng.normal(size=(800, 20))).astype(np.float32)
     cfg = SvmConfig(c_grid=(1e-3, 1e-1), val_fraction=0.25)
     out = run_per_class(x[:600], y[:600], x[600:], y[600:], cfg, 0, lambda C: make_classifier(cfg, C), 20, 5)
-    assert len(out["test_accuracy_per_draw"]) == 5 and out["test_accuracy_std"] > 0
-    assert out["test_accuracy"] == pytest.approx(np.mean(out["test_accuracy_per_draw"]))
-    assert out["chosen_C"] == max(out["validation"], key=lambda r: r["val_accuracy"])["C"]
-    assert out["n_train"] == 80 and out["test_accuracy"] > 0.6
+    assert len(out.details["test_accuracy_per_draw"]) == 5 and out.details["test_accuracy_std"] > 0
+    assert out.test_accuracy == pytest.approx(np.mean(out.details["test_accuracy_per_draw"]))
+    assert out.chosen_C == max(out.validation, key=lambda r: r["val_accuracy"])["C"]
+    assert out.n_train == 80 and out.test_accuracy > 0.6
 
 
 def test_svhn_protocol_splits_and_draws():
@@ -46,9 +46,10 @@ def test_svhn_protocol_splits_and_draws():
     cfg = SvmConfig(c_grid=(1e-3, 1e-1))
     out = run_svhn_1000(x[:1000], y[:1000], x[1000:], y[1000:], cfg, 0, lambda C: make_classifier(cfg, C),
                         labels_per_class=10, val_draws=3, test_draws=6, val_size=300)
-    assert len(out["test_error_per_draw"]) == 6 and out["n_val"] == 300 and out["n_train"] == 100
-    assert out["test_error_ci95"] == pytest.approx(1.96 * np.std(out["test_error_per_draw"], ddof=1))
-    assert out["test_accuracy"] == pytest.approx(1 - np.mean(out["test_error_per_draw"]))
+    errors = out.details["test_error_per_draw"]
+    assert len(errors) == 6 and out.n_val == 300 and out.n_train == 100
+    assert out.details["test_error_ci95"] == pytest.approx(1.96 * np.std(errors, ddof=1))
+    assert out.test_accuracy == pytest.approx(1 - np.mean(errors))
     with pytest.raises(UserError, match="smaller than the training set"):
         run_svhn_1000(x[:100], y[:100], x[1000:], y[1000:], cfg, 0, lambda C: make_classifier(cfg, C), val_size=100)
 

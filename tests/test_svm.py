@@ -6,8 +6,16 @@ from sklearn.svm import LinearSVC
 from dcgan_features.config import SvmConfig
 from dcgan_features.errors import UserError
 from dcgan_features.protocols import run_full
-from dcgan_features.svm import (TorchL2SVM, fit_and_score, l2svm_objective, make_classifier, nystrom_sketch,
-                                select_c, standardise, validation_split)
+from dcgan_features.svm import (
+    TorchL2SVM,
+    fit_and_score,
+    l2svm_objective,
+    make_classifier,
+    nystrom_sketch,
+    select_c,
+    standardise,
+    validation_split,
+)
 
 
 def blobs(n=600, d=40, classes=5, seed=0, noise=2.0):
@@ -75,8 +83,8 @@ def test_a_solver_that_stops_early_says_so(monkeypatch):
     cfg = SvmConfig(solver="torch", c_grid=(1e-3, 1e-1), max_iter=1, tol=1e-8)
     with pytest.warns(ConvergenceWarning):
         outcome = run_full(X[:500], y[:500], X[500:], y[500:], cfg, 0, lambda C: make_classifier(cfg, C))
-    assert [(f["stage"], f["C"], f["converged"]) for f in outcome["fits"]] == [
-        ("sweep", 1e-3, False), ("sweep", 1e-1, False), ("refit", outcome["chosen_C"], False)]
+    assert [(f["stage"], f["C"], f["converged"]) for f in outcome.fits] == [
+        ("sweep", 1e-3, False), ("sweep", 1e-1, False), ("refit", outcome.chosen_C, False)]
 
 
 def correlated_features(n=2000, d=300, factors=10, seed=0):
@@ -170,7 +178,7 @@ def test_c_is_never_chosen_with_test_data(protocol):
         spy = Spy(lambda C: make_classifier(cfg, C))
         if protocol == "full":
             outcome = run_full(X, y, X_test, y_test, cfg, 0, spy)
-            best, table, accuracy = outcome["chosen_C"], outcome["validation"], outcome["test_accuracy"]
+            best, table, accuracy = outcome.chosen_C, outcome.validation, outcome.test_accuracy
         else:
             selection = select_c(X, y, cfg, seed=0, factory=spy)
             best, table = selection.best_c, selection.table

@@ -51,7 +51,8 @@ def test_interrupted_run_resumes_bitwise(tiny_config, tmp_path, monkeypatch):
     pretrain(config, tmp_path / "resumed", echo=lambda s: None)
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    steps = [json.loads(line)["global_step"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    lines = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["global_step"] for line in lines]
     assert steps == sorted(set(steps))  # replayed steps are logged once
 
 
@@ -186,7 +187,8 @@ def test_memory_format_and_bf16_are_speed_settings_only(tiny_config, tmp_path):
         for hook in hooks:
             hook.remove()
         assert all(torch.isfinite(s["loss_d"]) and torch.isfinite(s["loss_g"]) for s in stats)
-        states[name] = {**state.generator.state_dict(), **{f"d.{k}": v for k, v in state.discriminator.state_dict().items()}}
+        states[name] = {**state.generator.state_dict(),
+                        **{f"d.{k}": v for k, v in state.discriminator.state_dict().items()}}
     a, b, low = states["nchw"], states["nhwc"], states["bf16"]
     assert b["d.blocks.conv2.0.weight"].is_contiguous(memory_format=torch.channels_last)
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-5) for k in a)
