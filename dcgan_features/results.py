@@ -121,10 +121,15 @@ def identity_hash(identity: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
+CHECKS_DIR = "checks"  # reruns that check a committed result: they repeat its seeds, so the report leaves them out
+
+
 def load_results(results_dir: str | Path) -> pd.DataFrame:
-    """Every result JSON under ``results_dir`` as one row."""
+    """Every result JSON under ``results_dir`` as one row, except those under a ``checks/`` folder."""
     rows = []
     for path in sorted(Path(results_dir).rglob("*.json")):
+        if CHECKS_DIR in path.relative_to(results_dir).parts[:-1]:
+            continue
         try:
             result = json.loads(path.read_text())
         except (OSError, ValueError):
@@ -144,7 +149,13 @@ def load_results(results_dir: str | Path) -> pd.DataFrame:
                          "experiment": identity_hash(identity), "config_name": config_name(result)})
     if not rows:
         raise UserError(f"no result files under {results_dir}")
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    repeated = table[table.duplicated(["experiment", "pretrain_seed", "seed"], keep=False)]
+    if len(repeated):
+        raise UserError(f"{' and '.join(repeated['file'].head(2))} are the same experiment with the same seeds; "
+                        f"averaging them would count one measurement twice: keep one, or move the other into a "
+                        f"'{CHECKS_DIR}/' folder")
+    return table
 
 
 def known_pretrain_seed(checkpoint_kind: str | None, seed: int | None) -> int | None:

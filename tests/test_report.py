@@ -85,3 +85,15 @@ def test_unfinished_runs_are_marked_in_the_report(tmp_path):
     assert len(table) == 2 and len(marked) == 1 and "epoch 3, step 120" in marked["recipe"].iloc[0]
     markdown, _, _ = write_report(tmp_path)
     assert "UNFINISHED RUN (epoch 3, step 120)" in markdown
+
+
+def test_a_repeated_measurement_is_refused_and_checks_are_left_out(tmp_path):
+    from dcgan_features.errors import UserError
+
+    with pytest.raises(UserError, match="same experiment with the same seeds"):
+        rows(tmp_path, result(seed=0, accuracy=0.70), result(seed=0, accuracy=0.71))
+    (tmp_path / "r1.json").unlink()
+    (tmp_path / "checks").mkdir()
+    (tmp_path / "checks" / "rerun.json").write_text(json.dumps(result(seed=0, accuracy=0.71)))
+    table = report_table(load_results(tmp_path))
+    assert table["n"].tolist() == [1] and table["mean"].tolist() == [70.0]
