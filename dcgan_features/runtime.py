@@ -23,7 +23,8 @@ def resolve_device(name: str) -> torch.device:
 
 def seeded_generator(*words: int) -> torch.Generator:
     """An independent CPU generator for one purpose (data order, noise, ...) derived from the seed."""
-    seed = int(np.random.SeedSequence(list(words)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    # Shift a Python int: NumPy 1.x refuses uint64 >> int (no safe common type).
+    seed = int(np.random.SeedSequence(list(words)).generate_state(1, dtype=np.uint64)[0]) >> 1
     return torch.Generator().manual_seed(seed)
 
 
