@@ -131,8 +131,9 @@ class SeedsCommand(click.Command):
 @click.option("--data-root", type=str, default=None, help="Folder holding the dataset [default: the run's].")
 @click.option("--download", is_flag=True, default=None, help="Fetch the dataset with torchvision if missing.")
 @click.option("--protocol", type=click.Choice(PROTOCOLS), default=EvalConfig.protocol, show_default=True,
-              help="full (all training labels), per-class (repeated class-balanced draws) or svhn-1000 "
-                   "(the paper authors' SVHN protocol).")
+              help="full (all training labels), per-class (repeated class-balanced draws), svhn-1000 "
+                   "(the paper authors' SVHN protocol) or validation (full's C sweep alone, for choosing "
+                   "recipes: the test split is never read).")
 @click.option("--labels-per-class", type=int, default=EvalConfig.labels_per_class,
               help="Labelled images per class in each draw [default: 400 per-class, 100 svhn-1000].")
 @click.option("--draws", type=int, default=EvalConfig.draws, show_default=True,

@@ -28,7 +28,7 @@ from .errors import UserError
 # all read these, so a new dataset, protocol or solver is added in one place.
 DATASETS = ("cifar10", "svhn", "imagenet32", "folder", "digits", "fake")
 DEVICES = ("auto", "cpu", "cuda")
-PROTOCOLS = ("full", "per-class", "svhn-1000")
+PROTOCOLS = ("full", "per-class", "svhn-1000", "validation")
 BASELINES = ("pixels", "untrained")
 SOLVERS = ("torch", "liblinear")
 BN_STATS = ("running", "data")
@@ -281,7 +281,7 @@ class EvalConfig:
     @property
     def protocol_name(self) -> str:
         """The protocol with the settings that change its outcome, as results and the report name it."""
-        return {"full": "full", "per-class": f"per-class-{self.labels}x{self.draws}",
+        return {"full": "full", "validation": "validation", "per-class": f"per-class-{self.labels}x{self.draws}",
                 "svhn-1000": f"svhn-{self.labels}pc-{self.draws}x{self.test_draws}-val{self.val_size}"}[self.protocol]
 
 

@@ -20,7 +20,7 @@ from .data import ImageSet, load_images
 from .errors import UserError
 from .features import FrozenExtractor, PixelExtractor, PoolingSpec, cache_key, cached_features
 from .models import Discriminator, build_models, recompute_batchnorm_stats
-from .protocols import Outcome, run_full, run_per_class, run_svhn_1000, svhn_shuffle
+from .protocols import Outcome, run_full, run_per_class, run_svhn_1000, run_validation, svhn_shuffle
 from .results import (
     SCHEMA,
     architecture_name,
@@ -152,8 +152,10 @@ def evaluate(checkpoint: str | Path | None, settings: EvalConfig = EvalConfig(),
 def run_protocol(run: Run, train, test, device: torch.device) -> Outcome:
     """The protocol the settings name, on the (memory-mapped) train and test features."""
     settings, svm = run.settings, run.subject.config.svm
-    arrays = (train.features, train.labels, test.features, test.labels, svm, run.seed,
-              partial(make_classifier, svm, device=str(device)))
+    factory = partial(make_classifier, svm, device=str(device))
+    if settings.protocol == "validation":
+        return run_validation(train.features, train.labels, svm, run.seed, factory)
+    arrays = (train.features, train.labels, test.features, test.labels, svm, run.seed, factory)
     if settings.protocol == "full":
         return run_full(*arrays)
     if settings.protocol == "per-class":
@@ -180,10 +182,11 @@ def build_result(run: Run, outcome: Outcome, train, test, spec: PoolingSpec, rec
     measured = {k: v for k, v in asdict(outcome).items() if k not in ("timings", "details")}
     return {
         "schema": SCHEMA, "eval_dataset": run.dataset, "protocol": run.settings.protocol_name, "seed": run.seed,
-        **measured, **outcome.details, "test_error": 1 - outcome.test_accuracy, "n_test": int(len(test.labels)),
+        **measured, **outcome.details, "n_test": 0 if test is None else int(len(test.labels)),
+        "test_error": None if outcome.test_accuracy is None else 1 - outcome.test_accuracy,
         "feature_dim": int(train.features.shape[1]), "feature_spec": describe(spec, subject),
         "bn_stats": subject.config.features.bn_stats, "svm_solver": subject.config.svm.solver,
-        **record, "cache_hit": {"train": train.cache_hit, "test": test.cache_hit},
+        **record, "cache_hit": {"train": train.cache_hit, "test": None if test is None else test.cache_hit},
         "timings": timings, "device": str(device), "config": subject.config.to_dict(), **origin,
     }
 
@@ -204,7 +207,8 @@ def evaluate_seeds(checkpoint: str | Path | None, settings: EvalConfig = EvalCon
 
 
 def extract_splits(run: Run, cache_dir, device, echo):
-    """Train and test features of the run's dataset (cached), with batch-norm statistics as configured."""
+    """Train and test features of the run's dataset (cached), with batch-norm statistics as configured. The
+    validation protocol never loads the test split (its test features are None)."""
     subject, config = run.subject, run.subject.config
     spec = PoolingSpec.from_config(config.features, subject.discriminator)
     if subject.baseline == "pixels":
@@ -213,7 +217,7 @@ def extract_splits(run: Run, cache_dir, device, echo):
     start = time.perf_counter()
     data = {split: load_images(run.dataset, config.data.root, split, image_size=config.model.image_size,
                                channels=config.model.channels, download=config.data.download)
-            for split in ("train", "test")}
+            for split in (("train",) if run.settings.protocol == "validation" else ("train", "test"))}
     timings = {"load_data_s": round(time.perf_counter() - start, 2)}
     bn_key = "running"
     if config.features.bn_stats == "data" and subject.baseline != "pixels":
@@ -225,7 +229,7 @@ def extract_splits(run: Run, cache_dir, device, echo):
         key = cache_key(subject.sha256, spec, images, bn_stats=bn_key)
         features[split] = cached_features(extractor, images, key, cache_dir, config.features.batch_size, device)
         timings[f"features_{split}_s"] = round(time.perf_counter() - start, 2)
-    return features["train"], features["test"], spec, timings
+    return features["train"], features.get("test"), spec, timings
 
 
 def recompute_data_statistics(run: Run, train: ImageSet, device) -> str:

@@ -10,6 +10,8 @@ the test set with models refit at that C. No function that chooses C receives te
   all its labelled images at that C and scored on test; the result is the mean and std over draws.
 * ``svhn-1000``: the authors' SVHN protocol (:func:`run_svhn_1000`): a fixed validation split, draws of
   100 labels per class from the rest, C by mean validation accuracy, then many test draws.
+* ``validation``: the ``full`` protocol's C sweep alone (:func:`run_validation`). It reports the best
+  validation accuracy and never sees the test split, so recipes and checkpoints can be chosen with it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ class Outcome:
     """What a protocol measured. ``details`` holds the protocol's own numbers (per-draw scores, their spread),
     written into the result file beside the common fields."""
 
-    test_accuracy: float
+    test_accuracy: float | None  # None for the validation protocol, which never sees test data
     chosen_C: float
     validation: list[dict]  # the C -> validation accuracy table that chose C, in grid order
     c_at_grid_edge: bool
@@ -87,6 +89,17 @@ def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factor
     return Outcome(float(np.mean(model.predict(X_test) == test_y)), selection.best_c, selection.table,
                    selection.at_grid_edge, fits, int(len(train_y)), selection.n_fit, selection.n_val,
                    {"select_c_s": round(select_s, 2), "refit_s": round(refit_s, 3)})
+
+
+def run_validation(train_x, train_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory) -> Outcome:
+    """The ``full`` protocol's selection alone: C swept on the same stratified validation split of the training
+    set (the same seed gives the same split), and the best validation accuracy reported. Takes no test data."""
+    start = time.perf_counter()
+    selection = select_c(train_x, train_y, cfg, seed, factory)
+    best = next(row["val_accuracy"] for row in selection.table if row["C"] == selection.best_c)
+    return Outcome(None, selection.best_c, selection.table, selection.at_grid_edge, fit_log("sweep", selection.table),
+                   int(len(train_y)), selection.n_fit, selection.n_val,
+                   {"select_c_s": round(time.perf_counter() - start, 2)}, {"validation_accuracy": best})
 
 
 def summarise_draws(val_accuracy: dict[float, list[float]], cfg: SvmConfig) -> tuple[float, list[dict], bool]:

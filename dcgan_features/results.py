@@ -65,7 +65,10 @@ def format_result(result: dict[str, Any]) -> str:
     for row in result["validation"]:
         mark = "  <- chosen on validation" if row["C"] == result["chosen_C"] else ""
         lines.append(f"  {row['C']:>10.0e}  {100 * row['val_accuracy']:>7.2f}%{mark}")
-    if result["protocol"].startswith("svhn-"):
+    if result["protocol"] == "validation":
+        lines.append(f"  validation accuracy at C={result['chosen_C']:.0e}: {100 * result['validation_accuracy']:.2f}% "
+                     f"({result['n_fit']:,} fitting / {result['n_val']:,} validation images; test never read)")
+    elif result["protocol"].startswith("svhn-"):
         lines.append(f"  test error at C={result['chosen_C']:.0e} over {result['test_draws']} draws of "
                      f"{result['labels_per_class']} labels per class: {100 * result['test_error']:.2f}% "
                      f"± {100 * result['test_error_ci95']:.2f} (1.96 x std)  ({result['n_test']:,} test images)")
@@ -125,7 +128,8 @@ CHECKS_DIR = "checks"  # reruns that check a committed result: they repeat its s
 
 
 def load_results(results_dir: str | Path) -> pd.DataFrame:
-    """Every result JSON under ``results_dir`` as one row, except those under a ``checks/`` folder."""
+    """Every result JSON under ``results_dir`` as one row, except those under a ``checks/`` folder and those of
+    the validation protocol (they choose recipes; the report holds test accuracy only)."""
     rows = []
     for path in sorted(Path(results_dir).rglob("*.json")):
         if CHECKS_DIR in path.relative_to(results_dir).parts[:-1]:
@@ -134,7 +138,7 @@ def load_results(results_dir: str | Path) -> pd.DataFrame:
             result = json.loads(path.read_text())
         except (OSError, ValueError):
             raise UserError(f"{path} is not readable JSON; it may be truncated") from None
-        if isinstance(result, dict) and result.get("schema") == SCHEMA:
+        if isinstance(result, dict) and result.get("schema") == SCHEMA and result["protocol"] != "validation":
             rows.append({"pretrain_data": result["pretrain"]["dataset"],
                          "architecture": result["pretrain"]["architecture"],
                          "eval_dataset": result["eval_dataset"], "protocol": result["protocol"],

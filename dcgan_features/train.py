@@ -146,10 +146,10 @@ def check_schedule_so_far(trained: TrainConfig, wanted: TrainConfig, epochs_begu
     changed = [e for e in range(min(epochs_begun, wanted.epochs)) if trained.lr_at(e) != wanted.lr_at(e)]
     if changed:
         raise UserError(
-            f"run {run_dir} has begun {epochs_begun} of {trained.epochs} epochs and its learning-rate decay (the last "
-            f"{trained.lr_decay_epochs} epochs) started at epoch {trained.epochs - trained.lr_decay_epochs + 1}; "
-            f"{wanted.epochs} epochs would give epoch {changed[0] + 1} another learning rate. Start a new run "
-            "(--out) or --force this one")
+            f"run {run_dir} has begun {epochs_begun} of {trained.epochs} epochs, whose learning rate decays over the "
+            f"last {trained.lr_decay_epochs} (from epoch {trained.epochs - trained.lr_decay_epochs + 1}); "
+            f"{wanted.epochs} epochs would give epoch {changed[0] + 1}, already begun, another learning rate. "
+            "Start a new run (--out) or --force this one")
 
 
 def _changed_keys(old: Config, new: Config, ignore: set[str], ignore_sections: set[str]) -> list[str]:

@@ -283,3 +283,21 @@ def test_svhn_protocol_takes_data_statistics_as_the_authors_did(tmp_path, tiny_r
     (pool, partial), (everything, dropped) = calls
     assert torch.equal(pool, train[torch.from_numpy(svhn_shuffle(400, 100)[100:])]) and partial
     assert torch.equal(everything, train) and not dropped
+
+
+def test_validation_protocol_never_reads_the_test_split_and_stays_out_of_the_report(tmp_path, tiny_run, monkeypatch):
+    import dcgan_features.evaluate as evaluate_module
+    from dcgan_features.config import EvalConfig
+    from dcgan_features.results import write_report
+
+    splits, real = [], evaluate_module.load_images
+    monkeypatch.setattr(evaluate_module, "load_images", lambda *a, **k: splits.append(a[2]) or real(*a, **k))
+    common = dict(overrides={"svm.c_grid": [1e-3, 1e-1]}, results_dir=tmp_path / "res", cache_dir=None,
+                  echo=lambda s: None)
+    chosen = evaluate_module.evaluate(tiny_run, EvalConfig(protocol="validation"), **common)
+    assert splits == ["train"] and chosen["test_accuracy"] is None and chosen["n_test"] == 0
+    assert chosen["validation_accuracy"] == max(r["val_accuracy"] for r in chosen["validation"])
+    full = evaluate_module.evaluate(tiny_run, **common)
+    assert [r["val_accuracy"] for r in full["validation"]] == [r["val_accuracy"] for r in chosen["validation"]]
+    markdown = write_report(tmp_path / "res")[0]
+    assert "| validation " not in markdown and "| full " in markdown

@@ -116,3 +116,19 @@ def test_protocol_splits_are_disjoint_balanced_and_seeded(protocol):
         validation = {ids for kind, ids, _ in calls[:first_test] if kind == "predict"}
         assert len(validation) == 1 and all(not ids & next(iter(validation)) for ids, _ in fits)
     assert records[0][0] == records[0][1] and records[0][0] != records[1][0]
+
+
+def test_validation_protocol_is_the_full_protocols_selection_without_test_data():
+    from dcgan_features.protocols import run_full, run_validation
+
+    rng = np.random.default_rng(0)
+    y = np.arange(700) % 5
+    x = (rng.normal(size=(5, 12))[y] + 2 * rng.normal(size=(700, 12))).astype(np.float32)
+    cfg = SvmConfig(c_grid=(1e-3, 1e-1), val_fraction=0.2)
+    factory = lambda C: make_classifier(cfg, C)  # noqa: E731
+    full = run_full(x[:600], y[:600], x[600:], y[600:], cfg, 3, factory)
+    alone = run_validation(x[:600], y[:600], cfg, 3, factory)
+    strip = lambda table: [(r["C"], r["val_accuracy"]) for r in table]  # noqa: E731
+    assert alone.test_accuracy is None and strip(alone.validation) == strip(full.validation)
+    assert alone.chosen_C == full.chosen_C and (alone.n_fit, alone.n_val) == (480, 120)
+    assert alone.details["validation_accuracy"] == max(r["val_accuracy"] for r in alone.validation)

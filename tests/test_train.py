@@ -260,6 +260,6 @@ def test_extending_a_decaying_run_continues_its_schedule_or_is_refused(tiny_conf
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "extended")
     assert all(torch.equal(a[k], b[k]) for k in a)
     before = (tmp_path / "straight" / "config.json").read_text()
-    with pytest.raises(UserError, match="decay .* started at epoch 3; 4 epochs would give epoch 3 another"):
+    with pytest.raises(UserError, match="decays over the last 1 .from epoch 3.; 4 epochs would give epoch 3, already"):
         pretrain(config(4), tmp_path / "straight", echo=lambda s: None)
     assert (tmp_path / "straight" / "config.json").read_text() == before
