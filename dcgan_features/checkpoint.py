@@ -27,6 +27,7 @@ from .models import Discriminator
 FORMAT = "dcgan-features/checkpoint/v1"
 TRAINING_FILE = "checkpoint.pt"
 DISCRIMINATOR_FILE = "discriminator.pt"
+BEST_PROBE_FILE = "discriminator_best_probe.pt"  # the D with the best online probe (train.probe_every)
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -63,9 +64,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A run directory means its ``discriminator.pt`` if finished, else its latest ``checkpoint.pt``."""
+def resolve_checkpoint(path: str | Path, select: str = "final") -> Path:
+    """A run directory means its ``discriminator.pt`` if finished, else its latest ``checkpoint.pt``; with
+    ``select="best-probe"``, the D its online probe scored best (``discriminator_best_probe.pt``)."""
     path = Path(path)
+    if path.is_dir() and select == "best-probe":
+        if not (path / BEST_PROBE_FILE).is_file():
+            raise UserError(f"run directory {path} holds no {BEST_PROBE_FILE}: it was trained without "
+                            "train.probe_every; evaluate its final D (--select final)")
+        return path / BEST_PROBE_FILE
+    if not path.is_dir() and select == "best-probe":
+        raise UserError("--select best-probe picks a file of a run directory; give the run directory, or the "
+                        f"{BEST_PROBE_FILE} file itself without --select")
     if path.is_dir():
         for name in (DISCRIMINATOR_FILE, TRAINING_FILE):
             if (path / name).is_file():

@@ -15,6 +15,7 @@ from .config import (
     DATASETS,
     DEVICES,
     PROTOCOLS,
+    SELECTIONS,
     SOLVERS,
     EvalConfig,
     load_config,
@@ -93,6 +94,7 @@ def cli() -> None:
 @set_option
 def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed, device, out, force, set_pairs):
     """Train a DCGAN (or resume the run in --out)."""
+    from .probe import FeatureProbe
     from .train import pretrain as run_pretrain
 
     if config_path is None and out is not None and (Path(out) / "config.json").is_file() and not force:
@@ -101,7 +103,7 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
                            train__epochs=epochs, train__batch_size=batch_size, train__seed=seed, train__device=device)
     config = load_config(config_path, overrides)
     out = out or f"runs/{config.data.dataset}-seed{config.train.seed}"
-    run_pretrain(config, out, force=force, echo=click.echo)
+    run_pretrain(config, out, force=force, echo=click.echo, make_probe=FeatureProbe)
 
 
 class SeedsCommand(click.Command):
@@ -158,20 +160,23 @@ class SeedsCommand(click.Command):
               help="Evaluation seeds (validation split, label draws, untrained baseline), e.g. --seeds 0 1 2: "
                    "one result file per seed, then the mean ± std.")
 @click.option("--device", type=click.Choice(DEVICES), default=EvalConfig.device, show_default=True)
+@click.option("--select", type=click.Choice(SELECTIONS), default=EvalConfig.select, show_default=True,
+              help="Which D of a run directory: the final one, or the one its online probe scored best "
+                   "(train.probe_every). The result records which.")
 @click.option("--results-dir", type=click.Path(file_okay=False), default="results", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Feature cache [default: $XDG_CACHE_HOME/dcgan-features].")
 @click.option("--force", is_flag=True, help="Recompute and replace an existing result.")
 @set_option
 def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_class, draws, test_draws, val_size,
-             baseline, solver, bn_stats, config_path, seeds, device, results_dir,
+             baseline, solver, bn_stats, config_path, seeds, device, select, results_dir,
              cache_dir, force, set_pairs):
     """Evaluate a checkpoint's frozen discriminator with an L2-SVM."""
     from .evaluate import evaluate_seeds
 
     settings = EvalConfig(protocol=protocol, labels_per_class=labels_per_class, draws=draws, test_draws=test_draws,
                           val_size=val_size, baseline=baseline or "", device=device, seeds=tuple(seeds),
-                          dataset=dataset or "", root=data_root or "")
+                          dataset=dataset or "", root=data_root or "", select=select)
     overrides = _overrides(set_pairs, data__download=download, svm__solver=solver, features__bn_stats=bn_stats)
     evaluate_seeds(checkpoint, settings, config_path=config_path, overrides=overrides, results_dir=results_dir,
                    cache_dir=cache_dir or default_cache_dir(), force=force, echo=click.echo)

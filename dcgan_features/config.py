@@ -33,6 +33,7 @@ BASELINES = ("pixels", "untrained")
 SOLVERS = ("torch", "liblinear")
 BN_STATS = ("running", "data")
 POOLS = ("max", "avg")
+SELECTIONS = ("final", "best-probe")  # which D of a run directory: the one it finished with, or its best probe
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,12 @@ class TrainConfig:
     num_samples: int = 64  # fixed-noise images in each epoch's sample grid
     collapse_loss: float = 1e-3  # D loss below this at every log for collapse_steps steps: reported as collapse
     collapse_steps: int = 500
+    # Online probe of feature quality (off at 0): every probe_every steps, a linear SVM at C = probe_c is fitted
+    # on D's pooled features of half of a fixed, class-balanced subset of probe_images training images and
+    # scored on the other half; the D with the best score is kept as discriminator_best_probe.pt.
+    probe_every: int = 0
+    probe_images: int = 10_000
+    probe_c: float = 1e-3
     # Speed only (a resumed run may change them): NHWC tensors, which CPU and GPU convolutions prefer;
     # bf16 autocast (GPUs, or CPUs with bfloat16 instructions) and torch.compile, off by default (GAN D's are known
     # to produce NaNs under mixed precision; compiling costs a minute up front and needs a C++ compiler on CPU).
@@ -150,6 +157,9 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "log_every", "num_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be at least 1")
+        if self.probe_every < 0 or self.probe_images < 20 or self.probe_c <= 0:
+            raise UserError("train.probe_every must be 0 (off) or a number of steps, train.probe_images at least 20 "
+                            "and train.probe_c positive")
         if not 0 <= self.lr_decay_epochs <= self.epochs:
             raise UserError("train.lr_decay_epochs must lie between 0 and train.epochs")
 
@@ -257,6 +267,7 @@ class EvalConfig:
     seeds: tuple[int, ...] = (0,)
     dataset: str = ""
     root: str = ""
+    select: str = "final"  # final | best-probe: which D of a run directory is evaluated
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -267,6 +278,8 @@ class EvalConfig:
             raise UserError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
         if self.device not in DEVICES:
             raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.select not in SELECTIONS:
+            raise UserError(f"--select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
         if self.draws < 1 or self.test_draws < 1:
             raise UserError("--draws and --test-draws must be at least 1")
         if self.labels_per_class < 0 or any(seed < 0 for seed in self.seeds):

@@ -71,7 +71,7 @@ class Subject:
 
 
 def load_subject(checkpoint: str | Path | None, config_path, overrides: Mapping[str, Any], baseline: str | None = None,
-                 seed: int = 0) -> Subject:
+                 seed: int = 0, select: str = "final") -> Subject:
     """The checkpoint's D, or for a baseline a stand-in that keeps its architecture and data settings.
     A baseline needs no checkpoint when ``config_path`` gives the architecture."""
     if checkpoint is None:
@@ -80,7 +80,7 @@ def load_subject(checkpoint: str | Path | None, config_path, overrides: Mapping[
         path = Path(config_path)
         stored = config = apply_overrides(Config.from_dict(read_config_file(config_path), str(config_path)), overrides)
     else:
-        path = resolve_checkpoint(checkpoint)
+        path = resolve_checkpoint(checkpoint, select)
         payload = load_checkpoint(path)
         discriminator, stored = load_discriminator(payload, str(path))
         config = evaluation_config(stored, config_path, overrides)
@@ -111,7 +111,8 @@ def resolve(checkpoint, settings: EvalConfig, seed: int, config_path, overrides:
     """Load what is evaluated and settle every setting: flags over ``--set`` over the config over the checkpoint."""
     flags = {key: value for key, value in {"data.dataset": settings.dataset, "data.root": settings.root}.items()
              if value}
-    subject = load_subject(checkpoint, config_path, {**overrides, **flags}, settings.baseline or None, seed)
+    subject = load_subject(checkpoint, config_path, {**overrides, **flags}, settings.baseline or None, seed,
+                           settings.select)
     out_path = result_path(results_dir, eval_dataset=subject.config.data.dataset, protocol=settings.protocol_name,
                            pretrain_dataset=settings.baseline or subject.stored.data.dataset,
                            checkpoint_sha256=subject.sha256, config=subject.config, seed=seed)
@@ -271,4 +272,6 @@ def subject_record(subject: Subject) -> dict[str, Any]:
                          "provenance": subject.payload.get("provenance")},
             "checkpoint": {"path": str(subject.path), "sha256": subject.sha256, "kind": subject.payload.get("kind"),
                            "finished": subject.payload.get("finished", subject.payload.get("kind") != "training"),
+                           "selected_by": subject.payload.get("selected_by", "final"),
+                           "probe_accuracy": subject.payload.get("probe_accuracy"),
                            **{k: subject.payload.get(k) for k in ("epoch", "step", "global_step")}}}

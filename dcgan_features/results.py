@@ -24,11 +24,13 @@ SCHEMA = "dcgan-features/result/v1"
 GROUP_COLUMNS = ["pretrain_data", "architecture", "eval_dataset", "transfer", "protocol", "bn_stats"]
 # Config keys that cannot change what was learnt or measured: where the data lives, the device, logging and
 # checkpoint cadence, the memory layout and compilation (equal to float rounding, tested), the extraction
-# batch size. Every other key, present or future, separates two results into two report rows.
+# batch size, and the online probe (it leaves training as it was, tested; its keys count where a result
+# evaluates the D it chose). Every other key, present or future, separates two results into two report rows.
+PROBE_KEYS = frozenset({"train.probe_every", "train.probe_images", "train.probe_c"})
 NOT_EXPERIMENT_KEYS = frozenset({
     "data.root", "data.download", "train.seed", "train.device", "train.log_every", "train.checkpoint_every",
     "train.num_samples", "train.collapse_loss", "train.collapse_steps", "train.channels_last", "train.compile",
-    "features.batch_size"})
+    "features.batch_size", *PROBE_KEYS})
 
 
 def architecture_name(model: ModelConfig) -> str:
@@ -107,10 +109,13 @@ def experiment_identity(result: dict[str, Any]) -> dict[str, Any]:
     identity.update({k: v for k, v in config.items() if k.startswith("model.")})
     if baseline:
         return identity
-    identity.update({k: v for k, v in config.items() if k.startswith("train.") and k not in NOT_EXPERIMENT_KEYS})
+    selected_by = checkpoint.get("selected_by", "final")
+    identity.update({k: v for k, v in config.items() if k.startswith("train.")
+                     and (k not in NOT_EXPERIMENT_KEYS or (selected_by == "probe" and k in PROBE_KEYS))})
     return identity | {"pretrain.dataset": result["pretrain"]["dataset"],
                        "pretrain.epochs_done": result["pretrain"].get("epochs"),
-                       "pretrain.unfinished": unfinished(checkpoint)}
+                       "pretrain.unfinished": unfinished(checkpoint),
+                       "pretrain.selected_by": selected_by}
 
 
 def unfinished(checkpoint: dict[str, Any]) -> str | None:

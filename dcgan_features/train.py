@@ -8,6 +8,7 @@ A run directory holds::
     checkpoint.pt          the latest full training state (also written every train.checkpoint_every steps)
     checkpoints/epoch_NNN.pt  the full training state after each epoch
     discriminator.pt       D's weights and config, written when the run finishes
+    discriminator_best_probe.pt  D at the step with the best online probe (with train.probe_every)
 
 The epoch's data order is a pure function of (seed, epoch) and the noise generator's state is
 checkpointed, so a run resumed from any checkpoint replays exactly the steps it would have taken.
@@ -28,7 +29,15 @@ import torch
 import torch.nn.functional as F
 
 from .artifacts import append_jsonl, atomic_path, provenance, read_json, write_image_grid, write_json
-from .checkpoint import DISCRIMINATOR_FILE, TRAINING_FILE, config_of, load_checkpoint, load_state, save_checkpoint
+from .checkpoint import (
+    BEST_PROBE_FILE,
+    DISCRIMINATOR_FILE,
+    TRAINING_FILE,
+    config_of,
+    load_checkpoint,
+    load_state,
+    save_checkpoint,
+)
 from .config import Config, TrainConfig
 from .data import ImageSet, load_images, to_model_range
 from .errors import UserError
@@ -53,6 +62,7 @@ class TrainingState:
     global_step: int = 0
     low_loss_since: int = -1  # global step since which D's loss has stayed below train.collapse_loss
     train_seconds: float = 0.0  # wall time spent training, summed over resumes
+    best_probe: float = -1.0  # the best online probe accuracy so far (train.probe_every)
     provenance: list = field(default_factory=list)  # one entry per process that trained: commit, command, start
 
     def to_payload(self, config: Config, finished: bool) -> dict:
@@ -63,6 +73,7 @@ class TrainingState:
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "epoch": self.epoch, "step": self.step, "global_step": self.global_step,
             "low_loss_since": self.low_loss_since, "train_seconds": round(self.train_seconds, 1),
+            "best_probe": self.best_probe,
             "provenance": self.provenance, "rng": {"noise": self.noise_rng.get_state(), "torch": torch.get_rng_state()},
             "fixed_noise": self.fixed_noise,
         }
@@ -104,6 +115,7 @@ def restore_state(payload: dict, config: Config, device: torch.device, source: s
     state.epoch, state.step, state.global_step = payload["epoch"], payload["step"], payload["global_step"]
     state.low_loss_since = payload.get("low_loss_since", -1)
     state.train_seconds = payload.get("train_seconds", 0.0)
+    state.best_probe = payload.get("best_probe", -1.0)
     stored = payload.get("provenance", [])
     state.provenance = [stored] if isinstance(stored, dict) else list(stored)  # older checkpoints held one dict
     return state
@@ -115,7 +127,7 @@ def prepare_run(run_dir: Path, config: Config, force: bool) -> dict | None:
     Returns the checkpoint payload to resume from, or None for a fresh run."""
     config_path = run_dir / "config.json"
     if force and config_path.exists():
-        for name in (TRAINING_FILE, DISCRIMINATOR_FILE, "metrics.jsonl", "config.json"):
+        for name in (TRAINING_FILE, DISCRIMINATOR_FILE, BEST_PROBE_FILE, "metrics.jsonl", "config.json"):
             (run_dir / name).unlink(missing_ok=True)
         for name in ("checkpoints", "samples"):
             shutil.rmtree(run_dir / name, ignore_errors=True)
@@ -163,8 +175,15 @@ def _get(d: dict, dotted: str):
     return d[section][key]
 
 
-def pretrain(config: Config, run_dir: str | Path, *, force: bool = False, echo: Echo = print) -> Path:
-    """Train (or resume) a DCGAN in ``run_dir``; returns the path of the final ``discriminator.pt``."""
+# Scores D's features during training (probe.FeatureProbe): built from the config, the training images and the
+# device, called with D, returns an accuracy in [0, 1]. Passed in, so training never imports a later stage.
+ProbeFactory = Callable[[Config, ImageSet, torch.device], Callable[[Discriminator], float]]
+
+
+def pretrain(config: Config, run_dir: str | Path, *, force: bool = False, echo: Echo = print,
+             make_probe: ProbeFactory | None = None) -> Path:
+    """Train (or resume) a DCGAN in ``run_dir``; returns the path of the final ``discriminator.pt``.
+    With ``train.probe_every`` and ``make_probe``, D's features are probed as it trains."""
     run_dir = Path(run_dir)
     started = provenance()  # now: the code that runs is the commit checked out at start
     device = resolve_device(config.train.device)
@@ -191,14 +210,15 @@ def pretrain(config: Config, run_dir: str | Path, *, force: bool = False, echo: 
     trained = state.epoch < config.train.epochs
     if trained:
         state.provenance.append({**started, "from_epoch": state.epoch, "from_step": state.step})
+    probe = make_probe(config, data, device) if make_probe and config.train.probe_every and trained else None
     while state.epoch < config.train.epochs:
-        train_epoch(state, data, config, device, run_dir, steps_per_epoch)
+        train_epoch(state, data, config, device, run_dir, steps_per_epoch, probe)
         end_epoch(state, config, run_dir)
     return finish_run(state, config, run_dir, echo, rewrite=trained)
 
 
 def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: torch.device,
-                run_dir: Path, steps_per_epoch: int) -> None:
+                run_dir: Path, steps_per_epoch: int, probe: Callable[[Discriminator], float] | None = None) -> None:
     """Run the remaining steps of epoch ``state.epoch`` (from ``state.step``, so resumes are exact)."""
     tc = config.train
     order = torch.randperm(len(data), generator=seeded_generator(tc.seed, 0, state.epoch))
@@ -222,6 +242,8 @@ def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: to
             bar.update(1)
             if state.global_step % tc.log_every == 0 or state.step == steps_per_epoch:
                 log_step(state, stats, meter, run_dir, tc)
+            if probe is not None and state.global_step % tc.probe_every == 0:
+                probe_step(state, probe, config, run_dir, meter)
             if tc.checkpoint_every and state.global_step % tc.checkpoint_every == 0:
                 write_training_checkpoint(state, config, run_dir)
 
@@ -308,6 +330,21 @@ def log_step(state: TrainingState, stats: dict, meter: ThroughputMeter, run_dir:
         "d_collapsed": collapsed, "time": round(time.time(), 3)})
 
 
+def probe_step(state: TrainingState, probe: Callable[[Discriminator], float], config: Config, run_dir: Path,
+               meter: ThroughputMeter) -> None:
+    """Probe D's features; log the score, show it on the progress line, keep D if it is the best so far."""
+    started = time.perf_counter()
+    accuracy = probe(state.discriminator)
+    seconds = time.perf_counter() - started
+    append_jsonl(run_dir / "metrics.jsonl", {"epoch": state.epoch + 1, "step": state.step,
+                                             "global_step": state.global_step, "probe_accuracy": round(accuracy, 6),
+                                             "probe_s": round(seconds, 3), "time": round(time.time(), 3)})
+    if accuracy > state.best_probe:
+        state.best_probe = accuracy
+        save_discriminator(run_dir / BEST_PROBE_FILE, state, config, selected_by="probe", probe_accuracy=accuracy)
+    meter.note = f" | probe {accuracy:.1%} (best {state.best_probe:.1%})"
+
+
 def _truncate_metrics(path: Path, global_step: int) -> None:
     """Drop log lines written after the checkpoint we resume from; those steps are replayed."""
     if not path.exists():
@@ -350,12 +387,18 @@ def save_samples(state: TrainingState, path: Path) -> None:
     write_image_grid(images, path, nrow=8)
 
 
+def save_discriminator(path: Path, state: TrainingState, config: Config, **selection) -> None:
+    """D's weights and config, where training stands, and how this D was chosen (the final one, or the best probe)."""
+    d_state = {k: v.detach().cpu() for k, v in state.discriminator.state_dict().items()}
+    save_checkpoint(path, {"kind": "discriminator", "config": config.to_dict(), "discriminator": d_state,
+                           "epoch": state.epoch, "step": state.step, "global_step": state.global_step,
+                           "train_seconds": round(state.train_seconds, 1), "provenance": state.provenance,
+                           **selection})
+
+
 def finish_run(state: TrainingState, config: Config, run_dir: Path, echo: Echo, rewrite: bool) -> Path:
     path = run_dir / DISCRIMINATOR_FILE
     if rewrite or not path.exists():
-        d_state = {k: v.detach().cpu() for k, v in state.discriminator.state_dict().items()}
-        save_checkpoint(path, {"kind": "discriminator", "config": config.to_dict(), "discriminator": d_state,
-                               "epoch": state.epoch, "global_step": state.global_step,
-                               "train_seconds": round(state.train_seconds, 1), "provenance": state.provenance})
+        save_discriminator(path, state, config, selected_by="final")
     echo(f"run {run_dir} complete after {state.epoch} epochs; discriminator: {path}")
     return path

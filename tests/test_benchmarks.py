@@ -17,6 +17,8 @@ ROOT = Path(__file__).parents[1]
     ("svm_scale.py", ["--synthetic", "--sizes", "300x40", "--solvers", "liblinear", "torch", "torch-bf16-nystrom"]),
     ("evaluate_scale.py", ["--dataset", "fake", "--config", "configs/digits.toml", "--set", "model.width=8",
                            "--set", "svm.c_grid=[1e-3]"]),
+    ("probe_overhead.py", ["--dataset", "fake", "--config", "configs/digits.toml", "--probe-images", "100",
+                           "--steps", "1", "--repeats", "1", "--every", "10", "390"]),
 ])
 def test_benchmark_writes_its_tables(script, args, tmp_path):
     done = subprocess.run([sys.executable, ROOT / "benchmarks" / script, *args, "--out", tmp_path / "out",

@@ -301,3 +301,25 @@ def test_validation_protocol_never_reads_the_test_split_and_stays_out_of_the_rep
     assert [r["val_accuracy"] for r in full["validation"]] == [r["val_accuracy"] for r in chosen["validation"]]
     markdown = write_report(tmp_path / "res")[0]
     assert "| validation " not in markdown and "| full " in markdown
+
+
+def test_evaluate_selects_the_final_or_the_best_probe_d_and_records_which(tmp_path):
+    def ok(*args):
+        result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    ok("pretrain", "--dataset", "fake", "--epochs", "1", "--out", tmp_path / "run", *TINY,
+       "--set", "train.probe_every=3", "--set", "train.probe_images=200")
+    common = ["evaluate", "--checkpoint", tmp_path / "run", "--results-dir", tmp_path / "res",
+              "--set", "svm.c_grid=[1e-2]"]
+    ok(*common)
+    ok(*common, "--select", "best-probe")
+    records = [json.loads(p.read_text())["checkpoint"] for p in sorted((tmp_path / "res").glob("*.json"))]
+    assert sorted(r["selected_by"] for r in records) == ["final", "probe"]
+    assert next(r for r in records if r["selected_by"] == "probe")["probe_accuracy"] is not None
+    report = ok("report", tmp_path / "res")
+    assert 'pretrain.selected_by="probe"' in report and 'pretrain.selected_by="final"' in report
+    ok("pretrain", "--dataset", "fake", "--epochs", "1", "--out", tmp_path / "plain", *TINY)
+    assert "holds no discriminator_best_probe.pt" in fail("evaluate", "--checkpoint", tmp_path / "plain",
+                                                          "--select", "best-probe")

@@ -263,3 +263,38 @@ def test_extending_a_decaying_run_continues_its_schedule_or_is_refused(tiny_conf
     with pytest.raises(UserError, match="decays over the last 1 .from epoch 3.; 4 epochs would give epoch 3, already"):
         pretrain(config(4), tmp_path / "straight", echo=lambda s: None)
     assert (tmp_path / "straight" / "config.json").read_text() == before
+
+
+def test_the_online_probe_scores_training_images_only_and_leaves_training_as_it_was(tiny_config, tmp_path,
+                                                                                     monkeypatch):
+    """With train.probe_every the run logs a probe score every N steps and keeps the best-scoring D; the probe
+    reads only the training split, and the weights come out bitwise equal to a run without it."""
+    from dcgan_features.probe import FeatureProbe
+
+    splits, real = [], train_module.load_images
+    monkeypatch.setattr(train_module, "load_images", lambda *a, **k: splits.append(a[2]) or real(*a, **k))
+    probed = apply_overrides(tiny_config, {"train.probe_every": 3, "train.probe_images": 200})
+    pretrain(probed, tmp_path / "probed", echo=lambda s: None, make_probe=FeatureProbe)
+    pretrain(tiny_config, tmp_path / "plain", echo=lambda s: None)
+    a, b = weights(tmp_path / "probed"), weights(tmp_path / "plain")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert set(splits) == {"train"}
+    lines = [json.loads(line) for line in (tmp_path / "probed" / "metrics.jsonl").read_text().splitlines()]
+    probes = [line for line in lines if "probe_accuracy" in line]
+    assert [p["global_step"] for p in probes] == list(range(3, lines[-1]["global_step"] + 1, 3))
+    assert all(0 <= p["probe_accuracy"] <= 1 and p["probe_s"] > 0 for p in probes)
+    best = load_checkpoint(tmp_path / "probed" / "discriminator_best_probe.pt")
+    first_best = next(p for p in probes if p["probe_accuracy"] == max(q["probe_accuracy"] for q in probes))
+    assert best["selected_by"] == "probe" and best["global_step"] == first_best["global_step"]
+    assert best["probe_accuracy"] == pytest.approx(first_best["probe_accuracy"], abs=1e-6)
+    assert not (tmp_path / "plain" / "discriminator_best_probe.pt").exists()
+    assert load_checkpoint(tmp_path / "probed" / "discriminator.pt")["selected_by"] == "final"
+
+
+def test_the_probe_needs_labels(tiny_config):
+    from dcgan_features.data import load_images
+    from dcgan_features.probe import FeatureProbe
+
+    data = load_images("fake", "", "train", image_size=32, channels=3)
+    with pytest.raises(UserError, match="needs labels"):
+        FeatureProbe(tiny_config, dataclasses.replace(data, labels=None), torch.device("cpu"))
