@@ -143,7 +143,7 @@ class TrainConfig:
     # scored on the other half; the D with the best score is kept as discriminator_best_probe.pt.
     probe_every: int = 0
     probe_images: int = 10_000
-    probe_c: float = 1e-3
+    probe_c: float = 1e-4
     # Speed only (a resumed run may change them): NHWC tensors, which CPU and GPU convolutions prefer;
     # bf16 autocast (GPUs, or CPUs with bfloat16 instructions) and torch.compile, off by default (GAN D's are known
     # to produce NaNs under mixed precision; compiling costs a minute up front and needs a C++ compiler on CPU).

@@ -41,7 +41,9 @@ class FeatureProbe:
     def __call__(self, discriminator: Discriminator) -> float:
         features = self.features(discriminator)
         x_fit, x_held_out = standardise(features["fit"], features["held_out"], copy=False)
-        model = TorchL2SVM(C=self.config.train.probe_c, tol=1e-3, device=str(self.device))
+        # A rank-64 Nystrom preconditioner: at 5,000 x 7,168 it cut the fit from 7.5 s to 2.0 s on 2 CPU cores
+        # with the same held-out accuracy (see results/benchmarks/probe_overhead.md for the whole probe).
+        model = TorchL2SVM(C=self.config.train.probe_c, tol=1e-3, device=str(self.device), preconditioner_rank=64)
         model.fit(x_fit, self.labels["fit"])
         return float(np.mean(model.predict(x_held_out) == self.labels["held_out"]))
 
