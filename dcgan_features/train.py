@@ -225,6 +225,8 @@ def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: to
     for group in [*state.opt_g.param_groups, *state.opt_d.param_groups]:
         group["lr"] = tc.lr_at(state.epoch)
     meter = ThroughputMeter()
+    if state.best_probe >= 0:
+        meter.probe_note = f" | best probe {state.best_probe:.1%}"
     started = time.perf_counter()
     label = f"epoch {state.epoch + 1}/{tc.epochs}"
     with _progress(steps_per_epoch, state.step, label, meter) as bar:
@@ -287,6 +289,7 @@ class ThroughputMeter:
         self.start = self.mark = time.perf_counter()
         self.images = self.images_since_mark = 0
         self.note = ""  # a warning shown on the progress line
+        self.probe_note = ""  # the latest online probe score, shown beside it
 
     def update(self, n: int) -> None:
         self.images += n
@@ -306,7 +309,8 @@ def _progress(length: int, done: int, label: str, meter: ThroughputMeter):
     import click
 
     bar = click.progressbar(length=length, label=label, show_eta=True, show_percent=False, show_pos=True,
-                            item_show_func=lambda _: f"{meter.rate():.0f} img/s{meter.note}", file=sys.stderr)
+                            item_show_func=lambda _: f"{meter.rate():.0f} img/s{meter.note}{meter.probe_note}",
+                            file=sys.stderr)
     bar.pos = done  # a resumed epoch starts part-way
     return bar
 
@@ -342,7 +346,7 @@ def probe_step(state: TrainingState, probe: Callable[[Discriminator], float], co
     if accuracy > state.best_probe:
         state.best_probe = accuracy
         save_discriminator(run_dir / BEST_PROBE_FILE, state, config, selected_by="probe", probe_accuracy=accuracy)
-    meter.note = f" | probe {accuracy:.1%} (best {state.best_probe:.1%})"
+    meter.probe_note = f" | probe {accuracy:.1%} (best {state.best_probe:.1%})"
 
 
 def _truncate_metrics(path: Path, global_step: int) -> None:

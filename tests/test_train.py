@@ -298,3 +298,15 @@ def test_the_probe_needs_labels(tiny_config):
     data = load_images("fake", "", "train", image_size=32, channels=3)
     with pytest.raises(UserError, match="needs labels"):
         FeatureProbe(tiny_config, dataclasses.replace(data, labels=None), torch.device("cpu"))
+
+
+def test_the_progress_line_keeps_the_probe_score_beside_a_collapse_warning(tiny_config, tmp_path):
+    state = train_module.new_state(tiny_config, torch.device("cpu"))
+    meter = train_module.ThroughputMeter()
+    meter.probe_note = " | probe 50.0% (best 50.0%)"
+    state.low_loss_since, state.global_step = 0, tiny_config.train.collapse_steps
+    stats = {"loss_d": torch.tensor(0.0), "loss_g": torch.tensor(9.0), "d_x": torch.tensor(1.0),
+             "d_g_z": torch.tensor(0.0)}
+    train_module.log_step(state, stats, meter, tmp_path, tiny_config.train)
+    line = train_module._progress(10, 0, "epoch 1/2", meter).item_show_func(None)
+    assert "D collapsed" in line and line.endswith("| probe 50.0% (best 50.0%)")
