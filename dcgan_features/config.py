@@ -33,6 +33,8 @@ BASELINES = ("pixels", "untrained")
 SOLVERS = ("torch", "liblinear")
 BN_STATS = ("running", "data")
 POOLS = ("max", "avg")
+GAN_LOSSES = ("bce", "hinge")
+AUGMENTATIONS = ("color", "translation", "cutout")  # DiffAugment's, in augment.py
 SELECTIONS = ("final", "best-probe")  # which D of a run directory: the one it finished with, or its best probe
 
 
@@ -62,6 +64,7 @@ class ModelConfig:
     d_widths: tuple[int, ...] = ()
     d_strides: tuple[int, ...] = ()  # empty: every block has stride 2
     d_batchnorm_first: bool = False  # the paper: no batch norm on D's input layer
+    d_spectral_norm: bool = False  # spectral normalisation of every conv weight of D (models._spectrally_normalise)
     g_widths: tuple[int, ...] = ()  # G's widths from the 4x4 projection upwards
     # One stride (1 or 2) per transposed conv after the projection, the last making the image; empty: all 2.
     g_strides: tuple[int, ...] = ()
@@ -144,6 +147,12 @@ class TrainConfig:
     probe_every: int = 0
     probe_images: int = 10_000
     probe_c: float = 1e-4
+    # The objective (losses.py): "bce" (the paper's) or "hinge"; DiffAugment policy applied to every image D sees,
+    # real and fake (augment.py; e.g. ["translation", "cutout"]); weight of the self-supervised rotation loss on
+    # real images (0: off).
+    loss: str = "bce"
+    diffaugment: tuple[str, ...] = ()
+    rotation_weight: float = 0.0
     # Speed only (a resumed run may change them): NHWC tensors, which CPU and GPU convolutions prefer;
     # bf16 autocast (GPUs, or CPUs with bfloat16 instructions) and torch.compile, off by default (GAN D's are known
     # to produce NaNs under mixed precision; compiling costs a minute up front and needs a C++ compiler on CPU).
@@ -160,6 +169,14 @@ class TrainConfig:
         if self.probe_every < 0 or self.probe_images < 20 or self.probe_c <= 0:
             raise UserError("train.probe_every must be 0 (off) or a number of steps, train.probe_images at least 20 "
                             "and train.probe_c positive")
+        if self.loss not in GAN_LOSSES:
+            raise UserError(f"train.loss must be one of {', '.join(GAN_LOSSES)}, got {self.loss!r}")
+        unknown = [a for a in self.diffaugment if a not in AUGMENTATIONS]
+        if unknown:
+            raise UserError(f"train.diffaugment: unknown augmentation {unknown[0]!r}; "
+                            f"choose from {', '.join(AUGMENTATIONS)}")
+        if self.rotation_weight < 0:
+            raise UserError("train.rotation_weight must be 0 (off) or positive")
         if not 0 <= self.lr_decay_epochs <= self.epochs:
             raise UserError("train.lr_decay_epochs must lie between 0 and train.epochs")
 

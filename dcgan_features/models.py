@@ -104,6 +104,8 @@ class Discriminator(nn.Module):
         # convolution whose kernel covers the whole map (no fully connected hidden layer).
         self.head = nn.Conv2d(c_in, 1, size, 1, 0, bias=False)
         self.block_shapes = self._block_shapes(cfg)
+        if cfg.d_spectral_norm:
+            self.apply(_spectrally_normalise)
 
     @staticmethod
     def _block_shapes(cfg: ModelConfig) -> dict[str, tuple[int, int, int]]:
@@ -113,10 +115,14 @@ class Discriminator(nn.Module):
             shapes[f"conv{i}"] = (c, size, size)
         return shapes
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's feature map, (N, C, S, S): what the real/fake head (and a rotation head) reads."""
         for block in self.blocks.values():
             x = block(x)
-        return self.head(x).flatten()
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.trunk(x)).flatten()
 
     def block_outputs(self, x: torch.Tensor, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """Post-activation outputs of the named blocks; stops after the last one needed."""
@@ -128,6 +134,13 @@ class Discriminator(nn.Module):
                 if len(outputs) == len(wanted):
                     break
         return outputs
+
+
+def _spectrally_normalise(module: nn.Module) -> None:
+    """Divide a conv's weight by its largest singular value, estimated by one power iteration per forward in
+    training (Miyato et al. 2018), so D is close to 1-Lipschitz per layer."""
+    if isinstance(module, nn.Conv2d):
+        nn.utils.parametrizations.spectral_norm(module)
 
 
 def build_models(cfg: ModelConfig) -> tuple[Generator, Discriminator]:

@@ -26,9 +26,9 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .artifacts import append_jsonl, atomic_path, provenance, read_json, write_image_grid, write_json
+from .augment import diff_augment
 from .checkpoint import (
     BEST_PROBE_FILE,
     DISCRIMINATOR_FILE,
@@ -41,6 +41,7 @@ from .checkpoint import (
 from .config import Config, TrainConfig
 from .data import ImageSet, load_images, to_model_range
 from .errors import UserError
+from .losses import RotationHead, discriminator_loss, generator_loss, rotation_loss
 from .models import Discriminator, Generator, build_models, sample_noise
 from .runtime import resolve_device, seeded_generator
 
@@ -63,6 +64,7 @@ class TrainingState:
     low_loss_since: int = -1  # global step since which D's loss has stayed below train.collapse_loss
     train_seconds: float = 0.0  # wall time spent training, summed over resumes
     best_probe: float = -1.0  # the best online probe accuracy so far (train.probe_every)
+    rotation_head: RotationHead | None = None  # with train.rotation_weight; trained with D, not a feature
     provenance: list = field(default_factory=list)  # one entry per process that trained: commit, command, start
 
     def to_payload(self, config: Config, finished: bool) -> dict:
@@ -74,6 +76,7 @@ class TrainingState:
             "epoch": self.epoch, "step": self.step, "global_step": self.global_step,
             "low_loss_since": self.low_loss_since, "train_seconds": round(self.train_seconds, 1),
             "best_probe": self.best_probe,
+            **({"rotation_head": cpu(self.rotation_head.state_dict())} if self.rotation_head is not None else {}),
             "provenance": self.provenance, "rng": {"noise": self.noise_rng.get_state(), "torch": torch.get_rng_state()},
             "fixed_noise": self.fixed_noise,
         }
@@ -94,10 +97,16 @@ def new_state(config: Config, device: torch.device) -> TrainingState:
     # The fused Adam kernel updates each tensor in one pass over its memory, where the default loop on
     # CPU makes several: the same update, and a visible share of a small model's step time.
     fused = device.type in ("cpu", "cuda")
+    head = None
+    if tc.rotation_weight > 0:
+        channels, size, _ = d.block_shapes[list(d.block_shapes)[-1]]
+        head = RotationHead(channels, size).to(device)
+    d_params = [*d.parameters(), *(head.parameters() if head is not None else ())]
     return TrainingState(
         generator=g, discriminator=d,
         opt_g=torch.optim.Adam(g.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=fused),
-        opt_d=torch.optim.Adam(d.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=fused),
+        opt_d=torch.optim.Adam(d_params, lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=fused),
+        rotation_head=head,
         noise_rng=seeded_generator(tc.seed, 1),
         fixed_noise=sample_noise(tc.num_samples, config.model, seeded_generator(tc.seed, 2)),
     )
@@ -107,6 +116,8 @@ def restore_state(payload: dict, config: Config, device: torch.device, source: s
     state = new_state(config, device)
     load_state(state.generator, payload["generator"], source, "generator")
     load_state(state.discriminator, payload["discriminator"], source, "discriminator")
+    if state.rotation_head is not None:
+        load_state(state.rotation_head, payload["rotation_head"], source, "rotation head")
     state.opt_g.load_state_dict(payload["opt_g"])
     state.opt_d.load_state_dict(payload["opt_d"])
     state.noise_rng.set_state(payload["rng"]["noise"])
@@ -251,18 +262,19 @@ def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: to
 
 
 def train_step(state: TrainingState, real: torch.Tensor, config: Config, device: torch.device) -> dict:
-    """One discriminator and one generator update (non-saturating loss, BCE with logits)."""
-    g, d = state.generator, state.discriminator
+    """One discriminator and one generator update with ``train.loss`` (the paper's non-saturating BCE by default),
+    D's inputs augmented by ``train.diffaugment`` and D's loss joined by the rotation task when configured."""
+    g, d, tc = state.generator, state.discriminator, config.train
     z = sample_noise(real.shape[0], config.model, state.noise_rng).to(device)
-    ones = torch.ones(real.shape[0], device=device)
-    zeros = torch.zeros(real.shape[0], device=device)
-    precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.train.bf16)
+    augment = lambda x: diff_augment(x, tc.diffaugment, state.noise_rng)  # noqa: E731
+    precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16)
     with precision:
         fake = g(z)
         # D sees real and fake in separate batches, so each gets its own batch-norm statistics.
-        logits_real, logits_fake = d(real), d(fake.detach())
-        loss_d = F.binary_cross_entropy_with_logits(logits_real.float(), ones) + \
-            F.binary_cross_entropy_with_logits(logits_fake.float(), zeros)
+        logits_real, logits_fake = d(augment(real)), d(augment(fake.detach()))
+        loss_d = discriminator_loss(tc.loss, logits_real.float(), logits_fake.float())
+        if state.rotation_head is not None:
+            loss_d = loss_d + tc.rotation_weight * rotation_loss(d, state.rotation_head, real, state.noise_rng)
     state.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
     state.opt_d.step()
@@ -272,8 +284,8 @@ def train_step(state: TrainingState, real: torch.Tensor, config: Config, device:
     d.requires_grad_(False)
     try:
         with precision:
-            logits_g = d(fake)
-        loss_g = F.binary_cross_entropy_with_logits(logits_g.float(), ones)
+            logits_g = d(augment(fake))
+        loss_g = generator_loss(tc.loss, logits_g.float())
         loss_g.backward()
     finally:
         d.requires_grad_(True)
