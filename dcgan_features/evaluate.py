@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -18,7 +18,7 @@ from .checkpoint import load_checkpoint, load_discriminator, resolve_checkpoint
 from .config import Config, EvalConfig, apply_overrides, read_config_file
 from .data import ImageSet, load_images
 from .errors import UserError
-from .features import FrozenExtractor, PixelExtractor, PoolingSpec, cache_key, cached_features
+from .features import FeatureSet, FrozenExtractor, PixelExtractor, PoolingSpec, cache_key, cached_features
 from .models import Discriminator, build_models, recompute_batchnorm_stats
 from .protocols import Outcome, run_full, run_per_class, run_svhn_1000, run_validation, svhn_shuffle
 from .results import (
@@ -139,29 +139,33 @@ def evaluate(checkpoint: str | Path | None, settings: EvalConfig = EvalConfig(),
         echo(f"warning: {run.subject.path} is the checkpoint of an unfinished run ({where}): there is no "
              "discriminator.pt yet, so this evaluates D as it was mid-training")
     device = resolve_device(settings.device)
-    train, test, spec, timings = extract_splits(run, cache_dir, device, echo)
-    outcome = run_protocol(run, train, test, device)
+    features, spec, timings = extract_splits(run, cache_dir, device, echo)
+    outcome = run_protocol(run, features, device)
     warn_about(outcome, echo)
     timings.update(outcome.timings, total_s=round(time.perf_counter() - started, 2))
-    result = build_result(run, outcome, train, test, spec, record, timings, device, origin)
+    result = build_result(run, outcome, features["train"], features.get("test"), spec, record, timings, device,
+                          origin)
     write_result(run.out_path, result, force)
     echo(format_result(result))
     echo(f"result: {run.out_path}")
     return result
 
 
-def run_protocol(run: Run, train, test, device: torch.device) -> Outcome:
-    """The protocol the settings name, on the (memory-mapped) train and test features."""
-    settings, svm = run.settings, run.subject.config.svm
+def run_protocol(run: Run, features: dict[str, FeatureSet], device: torch.device) -> Outcome:
+    """The protocol the settings name, on the (memory-mapped) train and test features; the training images'
+    mirrored features, when ``svm.train_hflip`` extracted them, join the SVM's fitting rows."""
+    settings, svm, train, test = run.settings, run.subject.config.svm, features["train"], features.get("test")
     factory = partial(make_classifier, svm, device=str(device))
+    mirrored = features["train_mirrored"].features if "train_mirrored" in features else None
     if settings.protocol == "validation":
-        return run_validation(train.features, train.labels, svm, run.seed, factory)
+        return run_validation(train.features, train.labels, svm, run.seed, factory, mirrored=mirrored)
     arrays = (train.features, train.labels, test.features, test.labels, svm, run.seed, factory)
     if settings.protocol == "full":
-        return run_full(*arrays)
+        return run_full(*arrays, mirrored=mirrored)
     if settings.protocol == "per-class":
-        return run_per_class(*arrays, settings.labels, settings.draws)
-    return run_svhn_1000(*arrays, settings.labels, settings.draws, settings.test_draws, settings.val_size)
+        return run_per_class(*arrays, settings.labels, settings.draws, mirrored=mirrored)
+    return run_svhn_1000(*arrays, settings.labels, settings.draws, settings.test_draws, settings.val_size,
+                         mirrored=mirrored)
 
 
 def warn_about(outcome: Outcome, echo: Callable[[str], None]) -> None:
@@ -207,9 +211,10 @@ def evaluate_seeds(checkpoint: str | Path | None, settings: EvalConfig = EvalCon
     return results
 
 
-def extract_splits(run: Run, cache_dir, device, echo):
-    """Train and test features of the run's dataset (cached), with batch-norm statistics as configured. The
-    validation protocol never loads the test split (its test features are None)."""
+def extract_splits(run: Run, cache_dir, device, echo) -> tuple[dict[str, FeatureSet], PoolingSpec, dict]:
+    """Train and test features of the run's dataset (cached), with batch-norm statistics as configured, and with
+    ``svm.train_hflip`` those of the training images flipped left-right ("train_mirrored"). The validation
+    protocol never loads the test split."""
     subject, config = run.subject, run.subject.config
     spec = PoolingSpec.from_config(config.features, subject.discriminator)
     if subject.baseline == "pixels":
@@ -219,6 +224,9 @@ def extract_splits(run: Run, cache_dir, device, echo):
     data = {split: load_images(run.dataset, config.data.root, split, image_size=config.model.image_size,
                                channels=config.model.channels, download=config.data.download)
             for split in (("train",) if run.settings.protocol == "validation" else ("train", "test"))}
+    if config.svm.train_hflip:
+        train = data["train"]
+        data["train_mirrored"] = replace(train, images=train.images.flip(-1).contiguous(), split=f"{train.split}-hflip")
     timings = {"load_data_s": round(time.perf_counter() - start, 2)}
     bn_key = "running"
     if config.features.bn_stats == "data" and subject.baseline != "pixels":
@@ -230,7 +238,7 @@ def extract_splits(run: Run, cache_dir, device, echo):
         key = cache_key(subject.sha256, spec, images, bn_stats=bn_key)
         features[split] = cached_features(extractor, images, key, cache_dir, config.features.batch_size, device)
         timings[f"features_{split}_s"] = round(time.perf_counter() - start, 2)
-    return features["train"], features.get("test"), spec, timings
+    return features, spec, timings
 
 
 def recompute_data_statistics(run: Run, train: ImageSet, device) -> str:

@@ -32,8 +32,7 @@ from .svm import (
     read_rows,
     scale_in_place,
     select_c,
-    sweep_c,
-    validation_split,
+    training_rows,
 )
 
 
@@ -61,27 +60,24 @@ def fit_log(stage: str, fits: list[dict], **where) -> list[dict]:
             for f in fits]
 
 
-def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory) -> dict:
+def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
+             mirrored=None) -> dict:
     """All training images: C on a stratified validation split, refit on everything, test once.
 
-    The training features are held once, as one float32 array with the fitting rows first, so that the
-    fitting and validation parts are views; for the refit the same array is refilled and rescaled."""
+    With ``mirrored`` (features of the training images flipped left-right) every fitting row is joined by its
+    mirror image; validation and test rows never are. The arrays are built one at a time, so the sweep's, the
+    refit's and the test's copies never coexist."""
     start = time.perf_counter()
-    fit_rows, val_rows = validation_split(train_y, cfg.val_fraction, seed)
-    order, n_fit = np.concatenate([fit_rows, val_rows]), len(fit_rows)
-    X, y = read_rows(train_x, order), train_y[order]
-    if cfg.standardize:
-        scale_in_place(X, fitted_scaler(X[:n_fit]))
-    selection = sweep_c(X[:n_fit], y[:n_fit], X[n_fit:], y[n_fit:], cfg, factory)
+    selection = select_c(train_x, train_y, cfg, seed, factory, mirrored)
     select_s = time.perf_counter() - start
-    X = read_rows(train_x, order, out=X)  # raw again: the refit is scaled with statistics of all its rows
+    X, y = training_rows(train_x, train_y, np.arange(len(train_y)), mirrored)
     scaler = fitted_scaler(X) if cfg.standardize else None
     if scaler is not None:
         scale_in_place(X, scaler)
     start = time.perf_counter()
     model = factory(selection.best_c).fit(X, y)
     refit_s = time.perf_counter() - start
-    del X  # the test features are read only now, so they and the fit's working copies never coexist
+    del X
     X_test = read_rows(test_x, np.arange(len(test_y)))
     if scaler is not None:
         scale_in_place(X_test, scaler)
@@ -91,11 +87,12 @@ def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factor
                    {"select_c_s": round(select_s, 2), "refit_s": round(refit_s, 3)})
 
 
-def run_validation(train_x, train_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory) -> Outcome:
+def run_validation(train_x, train_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
+                   mirrored=None) -> Outcome:
     """The ``full`` protocol's selection alone: C swept on the same stratified validation split of the training
     set (the same seed gives the same split), and the best validation accuracy reported. Takes no test data."""
     start = time.perf_counter()
-    selection = select_c(train_x, train_y, cfg, seed, factory)
+    selection = select_c(train_x, train_y, cfg, seed, factory, mirrored)
     best = next(row["val_accuracy"] for row in selection.table if row["C"] == selection.best_c)
     return Outcome(None, selection.best_c, selection.table, selection.at_grid_edge, fit_log("sweep", selection.table),
                    int(len(train_y)), selection.n_fit, selection.n_val,
@@ -121,19 +118,21 @@ def class_balanced_draw(labels: np.ndarray, per_class: int, rng: np.random.Gener
 
 
 def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
-                  labels_per_class: int, draws: int) -> dict:
+                  labels_per_class: int, draws: int, mirrored=None) -> dict:
     if draws < 1:
         raise UserError("--draws must be at least 1")
     start = time.perf_counter()
     pools = [class_balanced_draw(train_y, labels_per_class, np.random.default_rng([seed, d])) for d in range(draws)]
     # Selection: every draw's own validation split, C by the mean validation accuracy over draws.
-    tables = [select_c(train_x[rows], train_y[rows], cfg, seed + d, factory).table for d, rows in enumerate(pools)]
+    mirror = (lambda rows: None) if mirrored is None else (lambda rows: mirrored[rows])  # noqa: E731
+    tables = [select_c(train_x[rows], train_y[rows], cfg, seed + d, factory, mirror(rows)).table
+              for d, rows in enumerate(pools)]
     best, validation, edge = summarise_draws({row["C"]: [t[i]["val_accuracy"] for t in tables]
                                               for i, row in enumerate(tables[0])}, cfg)
     select_s = time.perf_counter() - start
     # Test: each draw refit on all its labelled images at the chosen C.
     start = time.perf_counter()
-    refits = [fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory, cfg.standardize)
+    refits = [fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory, cfg.standardize, mirror(rows))
               for rows in pools]
     accuracies = [r["test_accuracy"] for r in refits]
     fits = [f for d, t in enumerate(tables) for f in fit_log("sweep", t, draw=d)] + \
@@ -156,7 +155,7 @@ def svhn_shuffle(n: int, val_size: int, split_seed: int = 42) -> np.ndarray:
 
 def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
                   labels_per_class: int = 100, val_draws: int = 10, test_draws: int = 100, val_size: int = 10_000,
-                  split_seed: int = 42) -> dict:
+                  split_seed: int = 42, mirrored=None) -> dict:
     """The authors' SVHN protocol (Radford et al. 2015, Table 2).
 
     Shuffle the training images with ``split_seed``; the first ``val_size`` are validation, the rest the
@@ -169,14 +168,14 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
                                                    np.random.default_rng([seed, k]))]
     start = time.perf_counter()
     val_x, val_y = train_x[val_rows], train_y[val_rows]
-    val_fits = {C: [fit_and_score(train_x[rows], train_y[rows], val_x, val_y, C, factory, cfg.standardize)
-                    for rows in map(draw, range(val_draws))] for C in sorted(cfg.c_grid)}
+    fit = lambda rows, x, y, C: fit_and_score(train_x[rows], train_y[rows], x, y, C, factory,  # noqa: E731
+                                              cfg.standardize, None if mirrored is None else mirrored[rows])
+    val_fits = {C: [fit(rows, val_x, val_y, C) for rows in map(draw, range(val_draws))] for C in sorted(cfg.c_grid)}
     best, validation, edge = summarise_draws({C: [f["test_accuracy"] for f in fits]
                                               for C, fits in val_fits.items()}, cfg)
     select_s = time.perf_counter() - start
     start = time.perf_counter()
-    test_fits = [fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory, cfg.standardize)
-                 for rows in map(draw, range(val_draws, val_draws + test_draws))]
+    test_fits = [fit(rows, test_x, test_y, best) for rows in map(draw, range(val_draws, val_draws + test_draws))]
     errors = np.array([1 - f["test_accuracy"] for f in test_fits])
     std = float(errors.std(ddof=1)) if test_draws > 1 else 0.0
     fits = [f for C in val_fits for d, r in enumerate(val_fits[C]) for f in fit_log("validation", [r], draw=d)] + \

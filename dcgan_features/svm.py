@@ -320,13 +320,28 @@ def standardise(train: np.ndarray, *others: np.ndarray, copy: bool = True, enabl
     return arrays
 
 
+def training_rows(features: np.ndarray, labels: np.ndarray, rows: np.ndarray,
+                  mirrored: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The rows an SVM is fitted on: ``features[rows]`` as float32, followed, when ``mirrored`` (the features of
+    the same images flipped left-right, ``svm.train_hflip``) is given, by the same rows of it; and their labels.
+    Only fitting rows are ever mirrored: validation and test rows are the images as they are."""
+    x = read_rows(features, rows)
+    if mirrored is None:
+        return x, labels[rows]
+    both = np.empty((2 * len(rows), *x.shape[1:]), np.float32)
+    both[:len(rows)] = x
+    del x
+    read_rows(mirrored, rows, out=both[len(rows):])
+    return both, np.concatenate([labels[rows], labels[rows]])
+
+
 def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int,
-             factory: ClassifierFactory) -> Selection:
+             factory: ClassifierFactory, mirrored: np.ndarray | None = None) -> Selection:
     """Choose C by accuracy on a validation split of the training set. Takes no test data by design."""
     fit_rows, val_rows = validation_split(labels, cfg.val_fraction, seed)
-    x_fit, x_val = standardise(read_rows(features, fit_rows), read_rows(features, val_rows), copy=False,
-                               enabled=cfg.standardize)
-    return sweep_c(x_fit, labels[fit_rows], x_val, labels[val_rows], cfg, factory)
+    x_fit, y_fit = training_rows(features, labels, fit_rows, mirrored)
+    x_fit, x_val = standardise(x_fit, read_rows(features, val_rows), copy=False, enabled=cfg.standardize)
+    return sweep_c(x_fit, y_fit, x_val, labels[val_rows], cfg, factory)
 
 
 def sweep_c(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, cfg: SvmConfig,
@@ -379,8 +394,12 @@ def _refit(previous, factory: ClassifierFactory, C: float):
 
 
 def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
-                  C: float, factory: ClassifierFactory, standardize: bool = True) -> dict:
-    """Refit on the whole training set at ``C`` and score the test set, once (inputs are left alone)."""
+                  C: float, factory: ClassifierFactory, standardize: bool = True,
+                  mirrored_x: np.ndarray | None = None) -> dict:
+    """Refit on the whole training set (and its mirrored rows, when given) at ``C`` and score the test set, once
+    (inputs are left alone)."""
+    if mirrored_x is not None:
+        train_x, train_y = training_rows(train_x, train_y, np.arange(len(train_y)), mirrored_x)
     x_train, x_test = standardise(train_x, test_x, enabled=standardize)
     start = time.perf_counter()
     model = factory(C).fit(x_train, train_y)

@@ -323,3 +323,17 @@ def test_evaluate_selects_the_final_or_the_best_probe_d_and_records_which(tmp_pa
     ok("pretrain", "--dataset", "fake", "--epochs", "1", "--out", tmp_path / "plain", *TINY)
     assert "holds no discriminator_best_probe.pt" in fail("evaluate", "--checkpoint", tmp_path / "plain",
                                                           "--select", "best-probe")
+
+
+def test_evaluate_extracts_flipped_training_images_for_train_hflip(tmp_path, tiny_run):
+    from dcgan_features.config import EvalConfig
+    from dcgan_features.evaluate import evaluate
+
+    common = dict(cache_dir=tmp_path / "cache", results_dir=tmp_path / "res", echo=lambda s: None)
+    plain = evaluate(tiny_run, EvalConfig(protocol="validation"), overrides={"svm.c_grid": [1e-2]}, **common)
+    flipped = evaluate(tiny_run, EvalConfig(protocol="validation"),
+                       overrides={"svm.c_grid": [1e-2], "svm.train_hflip": True}, **common)
+    assert flipped["config"]["svm"]["train_hflip"] and "features_train_mirrored_s" in flipped["timings"]
+    assert flipped["n_fit"] == plain["n_fit"] * 2 and flipped["n_val"] == plain["n_val"]
+    keys = [json.loads((p / "key.json").read_text()) for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert sorted(k["split"] for k in keys) == ["train", "train-hflip"]

@@ -1,0 +1,179 @@
+"""The levers of issue 12: DiffAugment, the hinge loss, spectral normalisation, the rotation task, and mirrored
+training rows for the SVM."""
+
+
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+import dcgan_features.train as train_module
+from dcgan_features.augment import AUGMENTATIONS, cutout, diff_augment, translation
+from dcgan_features.checkpoint import load_checkpoint, load_discriminator
+from dcgan_features.config import AUGMENTATIONS as CONFIG_AUGMENTATIONS
+from dcgan_features.config import apply_overrides
+from dcgan_features.data import load_images, to_model_range
+from dcgan_features.errors import UserError
+from dcgan_features.losses import discriminator_loss, generator_loss, rotate
+from dcgan_features.models import Discriminator
+from dcgan_features.train import pretrain
+
+ALL_LEVERS = {"train.diffaugment": ["translation", "cutout", "color"], "train.rotation_weight": 1.0,
+              "train.loss": "hinge", "model.d_spectral_norm": True}
+
+
+def rng(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_the_config_names_every_augmentation_and_refuses_unknown_ones(tiny_config):
+    assert set(CONFIG_AUGMENTATIONS) == set(AUGMENTATIONS)
+    with pytest.raises(UserError, match="unknown augmentation 'flip'"):
+        apply_overrides(tiny_config, {"train.diffaugment": ["flip"]})
+    with pytest.raises(UserError, match="train.loss"):
+        apply_overrides(tiny_config, {"train.loss": "wasserstein"})
+
+
+def test_translation_moves_a_pixel_by_at_most_an_eighth_and_fills_with_zeros():
+    x = torch.zeros(200, 1, 16, 16)
+    x[:, :, 8, 8] = 1.0
+    out = translation(x, rng())
+    assert out.shape == x.shape
+    where = out[:, 0].flatten(1).argmax(1)
+    dy, dx = where // 16 - 8, where % 16 - 8
+    assert out.sum(dim=(1, 2, 3)).eq(1).all()  # the pixel stays, nothing else appears
+    assert dy.abs().max() == 2 and dx.abs().max() == 2  # 16 / 8, and every shift is drawn over 200 images
+    assert (dy != 0).any() and (dx != dy).any()
+
+
+def test_cutout_zeros_at_most_a_half_size_square():
+    out = cutout(torch.ones(100, 3, 16, 16), rng())
+    zeroed = (out == 0).all(dim=1).sum(dim=(1, 2))
+    assert zeroed.max() == 64 and zeroed.min() > 0  # an 8x8 square, clipped at the border for some images
+    assert ((out == 0) | (out == 1)).all()
+
+
+def test_augmentation_is_differentiable_reproducible_and_identity_when_empty():
+    x = torch.rand(8, 3, 16, 16, requires_grad=True)
+    assert diff_augment(x, (), rng()) is x
+    policy = tuple(AUGMENTATIONS)
+    out = diff_augment(x, policy, rng(1))
+    assert torch.equal(out, diff_augment(x, policy, rng(1)))
+    assert not torch.equal(out, diff_augment(x, policy, rng(2)))
+    out.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_losses_on_known_logits():
+    real, fake = torch.tensor([2.0, 0.5]), torch.tensor([-2.0, 0.0])
+    assert discriminator_loss("hinge", real, fake) == pytest.approx((0 + 0.5) / 2 + (0 + 1) / 2)
+    assert generator_loss("hinge", fake) == pytest.approx(1.0)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    expected = bce(real, torch.ones(2)) + bce(fake, torch.zeros(2))
+    assert discriminator_loss("bce", real, fake) == pytest.approx(float(expected))
+
+
+def test_rotate_labels_say_how_each_image_was_turned():
+    images = torch.rand(40, 3, 8, 8)
+    rotated, turns = rotate(images, rng())
+    assert set(turns.tolist()) == {0, 1, 2, 3}
+    for image, back, k in zip(images, rotated, turns.tolist()):
+        assert torch.equal(torch.rot90(back, -k, dims=(1, 2)), image)
+
+
+def test_spectral_norm_bounds_every_conv_of_d(tiny_config):
+    config = apply_overrides(tiny_config, {"model.d_spectral_norm": True})
+    d = Discriminator(config.model).train()
+    for _ in range(30):  # power iterations converge as D runs
+        d(torch.rand(4, 3, 32, 32))
+    convs = [m for m in d.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 4
+    for conv in convs:
+        sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
+        assert sigma == pytest.approx(1.0, abs=0.05)
+
+
+@pytest.mark.parametrize("lever", sorted(ALL_LEVERS))
+def test_each_lever_changes_the_update(tiny_config, lever):
+    images = to_model_range(load_images("fake", "", "train", image_size=32, channels=3).images[:64])
+    after = {}
+    variants = {"default": tiny_config, lever: apply_overrides(tiny_config, {lever: ALL_LEVERS[lever]})}
+    for name, config in variants.items():
+        state = train_module.new_state(config, torch.device("cpu"))
+        train_module.train_step(state, images, config, torch.device("cpu"))
+        after[name] = state.generator.state_dict()
+    assert any(not torch.equal(after["default"][k], after[lever][k]) for k in after["default"])
+
+
+def test_a_run_with_every_lever_resumes_bitwise_and_evaluates(tiny_config, tmp_path, monkeypatch):
+    config = apply_overrides(tiny_config, {**ALL_LEVERS, "train.checkpoint_every": 3})
+    pretrain(config, tmp_path / "straight", echo=lambda s: None)
+    real_step, calls = train_module.train_step, {"n": 0}
+
+    def dies_at_step_11(*args):
+        calls["n"] += 1
+        if calls["n"] == 11:  # the last checkpoint was at step 9
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(train_module, "train_step", dies_at_step_11)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, tmp_path / "resumed", echo=lambda s: None)
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    pretrain(config, tmp_path / "resumed", echo=lambda s: None)
+    a, b = (load_checkpoint(tmp_path / run / "checkpoint.pt") for run in ("straight", "resumed"))
+    for part in ("generator", "discriminator", "rotation_head"):
+        assert a[part].keys() == b[part].keys() and all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+    d, stored = load_discriminator(load_checkpoint(tmp_path / "straight" / "discriminator.pt"), "d")
+    assert stored.model.d_spectral_norm and d(torch.rand(2, 3, 32, 32)).shape == (2,)
+
+
+class SpyClassifier:
+    """Records the number of rows it is fitted on and asked to predict; predicts class 0."""
+
+    def __init__(self, log):
+        self.log, self.n_iter_, self.converged_ = log, 1, True
+
+    def fit(self, X, y):
+        assert len(X) == len(y)
+        self.log.append(("fit", len(X)))
+        return self
+
+    def predict(self, X):
+        self.log.append(("predict", len(X)))
+        return np.zeros(len(X), int)
+
+
+@pytest.mark.parametrize("protocol", ["full", "validation", "per-class", "svhn-1000"])
+def test_mirrored_rows_join_fitting_rows_only(protocol):
+    from dcgan_features.config import SvmConfig
+    from dcgan_features.protocols import run_full, run_per_class, run_svhn_1000, run_validation
+
+    rng = np.random.default_rng(0)
+    y = np.arange(400) % 4
+    x, mirrored = rng.normal(size=(400, 6)).astype(np.float32), rng.normal(size=(400, 6)).astype(np.float32)
+    cfg = SvmConfig(c_grid=(1e-2,), val_fraction=0.25)
+    runs = {"full": lambda **m: run_full(x[:300], y[:300], x[300:], y[300:], cfg, 0, factory, **m),
+            "validation": lambda **m: run_validation(x[:300], y[:300], cfg, 0, factory, **m),
+            "per-class": lambda **m: run_per_class(x[:300], y[:300], x[300:], y[300:], cfg, 0, factory, 20, 2, **m),
+            "svhn-1000": lambda **m: run_svhn_1000(x[:300], y[:300], x[300:], y[300:], cfg, 0, factory, 20, 1, 2,
+                                                   val_size=100, **m)}
+    logs = {"plain": [], "mirrored": []}
+    for mode, extra in {"plain": {}, "mirrored": {"mirrored": mirrored[:300]}}.items():
+        factory = partial(lambda log, C: SpyClassifier(log), logs[mode])
+        runs[protocol](**extra)
+    assert [kind for kind, _ in logs["plain"]] == [kind for kind, _ in logs["mirrored"]]
+    for (kind, plain), (_, mirrored_rows) in zip(logs["plain"], logs["mirrored"]):
+        assert mirrored_rows == (2 * plain if kind == "fit" else plain)
+
+
+def test_training_rows_append_the_mirrored_rows_of_the_same_images():
+    from dcgan_features.svm import training_rows
+
+    x, m, y = np.arange(12.0).reshape(6, 2), -np.arange(12.0).reshape(6, 2), np.arange(6)
+    rows = np.array([1, 4])
+    X, Y = training_rows(x, y, rows, m)
+    assert X.dtype == np.float32 and np.array_equal(X, np.concatenate([x[rows], m[rows]]))
+    assert np.array_equal(Y, [1, 4, 1, 4])
+
