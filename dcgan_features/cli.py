@@ -199,6 +199,23 @@ def report(results_dir, out, readme):
     click.echo(f"\nwritten: {md_path}, {csv_path}" + (f", {readme}" if readme else ""))
 
 
+@cli.command()
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--reference", required=True, type=click.Path(dir_okay=False),
+              help="The config each row's change is stated against (e.g. configs/cifar10_dcgan.toml).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Path without suffix: OUT.md and OUT.csv are written (e.g. results/ablations/cifar10).")
+def ablations(folder, reference, out):
+    """Tabulate the validation-protocol results under FOLDER: one row per recipe, mean ± std over seeds."""
+    from .ablations import write_ablations
+
+    if not Path(folder).is_dir():
+        raise UserError(f"folder {folder} does not exist")
+    markdown, md_path, csv_path = write_ablations(folder, reference, out)
+    click.echo(markdown)
+    click.echo(f"\nwritten: {md_path}, {csv_path}")
+
+
 @cli.command("import-dcgan-code")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory to create.")

@@ -84,7 +84,7 @@ def format_result(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _flat_config(raw: dict[str, Any]) -> dict[str, Any]:
+def flat_config(raw: dict[str, Any]) -> dict[str, Any]:
     """A stored config as ``{"section.key": value}``, with keys added since it was written filled in by their
     defaults (which keep the old behaviour), so that an older file and a newer one compare equal."""
     try:
@@ -98,7 +98,7 @@ def experiment_identity(result: dict[str, Any]) -> dict[str, Any]:
     """Everything that defines the experiment a result belongs to, except its seeds: what D was trained on,
     how and for how long (or which baseline), and how it was evaluated. Two results share a report row only
     when these are equal."""
-    config = _flat_config(result.get("config", {}))
+    config = flat_config(result.get("config", {}))
     checkpoint, baseline = result.get("checkpoint", {}), result.get("baseline")
     identity: dict[str, Any] = {"eval.dataset": result["eval_dataset"], "eval.protocol": result["protocol"],
                                 "eval.feature_dim": result["feature_dim"], "baseline": baseline}

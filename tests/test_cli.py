@@ -337,3 +337,26 @@ def test_evaluate_extracts_flipped_training_images_for_train_hflip(tmp_path, tin
     assert flipped["n_fit"] == plain["n_fit"] * 2 and flipped["n_val"] == plain["n_val"]
     keys = [json.loads((p / "key.json").read_text()) for p in (tmp_path / "cache").iterdir() if p.is_dir()]
     assert sorted(k["split"] for k in keys) == ["train", "train-hflip"]
+
+
+def test_ablation_table_states_each_rows_change_from_the_reference(tmp_path, tiny_run):
+    from dcgan_features.config import EvalConfig
+    from dcgan_features.evaluate import evaluate
+
+    common = dict(results_dir=tmp_path / "abl", cache_dir=tmp_path / "cache", echo=lambda s: None)
+    for extra in ({}, {"svm.train_hflip": True}):
+        for seed in (0, 1):
+            evaluate(tiny_run, EvalConfig(protocol="validation"), seed=seed, overrides={"svm.c_grid": [1e-2], **extra},
+                     **common)
+    out = tmp_path / "table"
+    args = ["ablations", str(tmp_path / "abl"), "--reference", str(tiny_run / "config.json"), "--out", str(out)]
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = [line for line in out.with_suffix(".md").read_text().splitlines() if line.startswith("| ")][1:]
+    changes = sorted(row.split("|")[1].strip() for row in rows)
+    assert changes == ["reference", "svm.c_grid=[0.01]; svm.train_hflip=true"] or \
+        changes == ["svm.c_grid=[0.01]", "svm.c_grid=[0.01]; svm.train_hflip=true"]
+    csv = out.with_suffix(".csv").read_text()
+    assert csv.count("0 / 0,1") == 2 and csv.count(",2,") == 2  # each row: two results (evaluation seeds 0, 1)
+    shutil.copy(next((tmp_path / "abl").glob("*seed0.json")), tmp_path / "abl" / "copy.json")
+    assert "repeat the same experiment" in fail(*args)

@@ -6,7 +6,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "dcgan_features"
 # Helpers first, then the pipeline's stages in the order data moves through them.
 ORDER = ["errors", "config", "runtime", "artifacts", "data", "models", "checkpoint", "augment", "losses", "train",
-         "dcgan_code", "features", "svm", "protocols", "probe", "results", "evaluate", "cli", "__main__", "__init__"]
+         "dcgan_code", "features", "svm", "protocols", "probe", "results", "evaluate", "ablations", "cli", "__main__",
+         "__init__"]
 
 
 def package_imports(path: Path) -> set[str]:

@@ -1,0 +1,150 @@
+"""The ablation table (``dcgan-features ablations``): validation-protocol results, one row per recipe.
+
+Every result of ``evaluate --protocol validation`` under a folder becomes part of a row; results whose
+:func:`results.experiment_identity` is equal (the same recipe, pretraining length and evaluation) differ only in
+their seeds and share one row, with the mean and sample std over pretraining seeds. What a row changed is not
+written by hand: it is every key of the row's stored config (and the epochs it trained) that differs from a
+reference config, so the table cannot describe a run as something it was not. No test label is read by anything
+here: the validation protocol never loads the test split.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .artifacts import atomic_path
+from .config import Config, read_config_file
+from .errors import UserError
+from .results import (
+    CHECKS_DIR,
+    NOT_EXPERIMENT_KEYS,
+    SCHEMA,
+    experiment_identity,
+    flat_config,
+    identity_hash,
+    unfinished,
+)
+
+CLOSE_CALL = 1.0  # points: rows this close to the best row need a second pretraining seed to be ranked
+
+COLUMNS = ["change", "epochs", "pretrain min", "features", "val acc (%)", "vs reference", "seeds", "C", "commit",
+           "command"]
+
+
+def load_validation_results(folder: str | Path) -> list[dict[str, Any]]:
+    """Every validation-protocol result JSON under ``folder`` (outside ``checks/`` folders)."""
+    found = []
+    for path in sorted(Path(folder).rglob("*.json")):
+        if CHECKS_DIR in path.relative_to(folder).parts[:-1]:
+            continue
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise UserError(f"{path} is not readable JSON; it may be truncated") from None
+        if isinstance(result, dict) and result.get("schema") == SCHEMA and result.get("protocol") == "validation":
+            found.append(result | {"file": str(path)})
+    if not found:
+        raise UserError(f"no validation-protocol results under {folder}; "
+                        "make them with `dcgan-features evaluate --protocol validation`")
+    return found
+
+
+def changes(result: dict[str, Any], reference: Config) -> str:
+    """The keys in which ``result``'s experiment differs from ``reference``, as ``key=value``; the epochs it
+    trained when they differ from the reference's epoch count, and an unfinished run's position."""
+    ours, theirs = flat_config(result["config"]), flat_config(reference.to_dict())
+    ignored = {*NOT_EXPERIMENT_KEYS, "train.epochs", "data.dataset"}
+    keys = [k for k in ours if k not in ignored and ours[k] != theirs.get(k)]
+    parts = [f"{k}={json.dumps(ours[k], separators=(',', ':'))}" for k in keys]
+    if result.get("baseline"):
+        parts.insert(0, f"{result['baseline']} baseline")
+    elif where := unfinished(result.get("checkpoint", {})):
+        parts.append(f"D taken at {where} of a {ours['train.epochs']}-epoch run")
+    if result.get("checkpoint", {}).get("selected_by") == "probe":
+        parts.append("best-probe D")
+    return "; ".join(parts) or "reference"
+
+
+def commands(result: dict[str, Any]) -> tuple[str, str]:
+    """How to remake a row's result: the first pretraining command of its D, then the evaluation (the evaluation
+    alone for a baseline); and the commits they ran at."""
+    history = (result.get("pretrain") or {}).get("provenance") or []
+    first = history[0] if isinstance(history, list) and history else history or {}
+    evaluation, commit = result.get("command") or "?", (result.get("git_commit") or "?")[:7]
+    if result.get("baseline") or not first:
+        return evaluation, commit
+    return f"{first.get('command') or '?'} && {evaluation}", f"{(first.get('git_commit') or '?')[:7]} / {commit}"
+
+
+def ablation_rows(results: list[dict[str, Any]], reference: Config) -> pd.DataFrame:
+    """One row per experiment: mean and sample std of validation accuracy over its results, and their
+    pretraining wall time, epochs, feature dimension, chosen C, commands and commits."""
+    records = []
+    for r in results:
+        command, commit = commands(r)
+        pretrain = r.get("pretrain") or {}
+        records.append({
+            "experiment": identity_hash(experiment_identity(r)), "change": changes(r, reference),
+            "epochs": pretrain.get("epochs"), "train_s": pretrain.get("train_seconds"),
+            "features": r["feature_dim"], "accuracy": 100 * r["validation_accuracy"], "C": r["chosen_C"],
+            "pretrain_seed": pretrain.get("seed"), "seed": r["seed"],
+            "commit": commit, "command": command})
+    table = pd.DataFrame(records)
+    repeated = table[table.duplicated(["experiment", "pretrain_seed", "seed"], keep=False)]
+    if len(repeated):
+        raise UserError(f"{len(repeated)} validation results repeat the same experiment and seeds "
+                        f"({repeated['change'].iloc[0]}); keep one, or move the others into a '{CHECKS_DIR}/' folder")
+    return table.groupby("experiment", sort=False).agg(
+        change=("change", "first"), epochs=("epochs", "first"), train_s=("train_s", "mean"),
+        features=("features", "first"), mean=("accuracy", "mean"), std=("accuracy", "std"), n=("accuracy", "size"),
+        seeds=("pretrain_seed", _seed_list), eval_seeds=("seed", _seed_list),
+        C=("C", lambda c: ",".join(f"{v:g}" for v in sorted(set(c)))), commit=("commit", "first"),
+        command=("command", "first")).reset_index()
+
+
+def _seed_list(seeds: pd.Series) -> str:
+    return ",".join(str(v) for v in sorted({v for v in seeds if v is not None and v == v})) or "-"
+
+
+def render_ablations(table: pd.DataFrame) -> pd.DataFrame:
+    """The shown table: best first, differences to the reference row, and close calls resting on one seed marked."""
+    reference = table[table["change"] == "reference"]
+    base = reference["mean"].iloc[0] if len(reference) else None
+    best = table["mean"].max()
+    shown = table.sort_values("mean", ascending=False).copy()
+    shown["val acc (%)"] = [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}" + (" (1 seed, close call)"
+                            if best - m < CLOSE_CALL and len(table) > 1 else "")
+                            for m, s, n in zip(shown["mean"], shown["std"], shown["n"])]
+    shown["vs reference"] = ["" if base is None else f"{m - base:+.2f}" for m in shown["mean"]]
+    shown["pretrain min"] = [f"{s / 60:.1f}" if s == s and s is not None else "-" for s in shown["train_s"]]
+    shown["seeds"] = shown["seeds"] + " / " + shown.pop("eval_seeds")
+    shown["epochs"] = [str(int(e)) if e == e and e is not None else "-" for e in shown["epochs"]]
+    return shown
+
+
+FOOTNOTE = ("Validation accuracy (%) of the full protocol's C sweep on a stratified 45,000 / 5,000 split of the "
+            "CIFAR-10 training set (`evaluate --protocol validation`); no test image was read. `change` lists the "
+            "config keys in which a row differs from the reference config; ± is the sample std over the row's "
+            "results, whose pretraining / evaluation seeds `seeds` lists. Rows within {close} point of the best "
+            "that rest on one result are marked: they are not ranked yet. `pretrain min` is the training wall "
+            "time recorded in the checkpoint; `commit` is pretraining / evaluation.")
+
+
+def write_ablations(folder: str | Path, reference_path: str | Path, out_stem: str | Path) -> tuple[str, Path, Path]:
+    """Write ``<out_stem>.md`` and ``<out_stem>.csv`` from the validation results under ``folder``."""
+    reference = Config.from_dict(read_config_file(reference_path), str(reference_path))
+    table = ablation_rows(load_validation_results(folder), reference)
+    shown = render_ablations(table)
+    markdown = shown[COLUMNS].to_markdown(index=False, disable_numparse=True)
+    body = (f"Reference config: `{reference_path}`.\n\n{markdown}\n\n{FOOTNOTE.format(close=CLOSE_CALL)}")
+    out_stem = Path(out_stem)
+    md_path, csv_path = out_stem.with_suffix(".md"), out_stem.with_suffix(".csv")
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(body + "\n")
+    with atomic_path(csv_path) as tmp:
+        shown.drop(columns=["val acc (%)"]).to_csv(tmp, index=False, float_format="%.4f")
+    return markdown, md_path, csv_path
