@@ -230,6 +230,15 @@ def import_dcgan_code(directory, out, force):
     click.echo(f"imported {directory} -> {path}; sample grid: {Path(out) / 'samples' / 'imported.png'}")
 
 
+def _attach_analyses() -> None:
+    from .analysis.commands import analyse
+
+    cli.add_command(analyse)
+
+
+_attach_analyses()
+
+
 def main() -> None:
     cli(prog_name="dcgan-features")
 
