@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -29,6 +30,7 @@ from .config import FeatureConfig
 from .data import ImageSet, to_model_range
 from .errors import UserError
 from .models import Discriminator
+from .runtime import progress
 
 
 @dataclass(frozen=True)
@@ -85,19 +87,24 @@ class PixelExtractor(nn.Module):
 
 
 def extract(extractor: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,
-            channels_last: bool = True) -> np.ndarray:
+            channels_last: bool = True, label: str | None = None) -> np.ndarray:
     """Features (N, dim) as float32 for uint8 images (N, C, H, W), in batches, written into one
     preallocated array (at the paper's scale a list of batches plus their concatenation would be two
-    copies of 5.7 GB). NHWC layout is what CPU convolutions prefer."""
+    copies of 5.7 GB). NHWC layout is what CPU convolutions prefer. With ``label``, a progress bar."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     extractor = extractor.to(device, memory_format=memory_format)
     out = np.zeros((0, 0), np.float32)
-    for start in range(0, len(images), batch_size):
-        batch = to_model_range(images[start:start + batch_size].to(device)).contiguous(memory_format=memory_format)
-        values = extractor(batch).float().cpu().numpy()
-        if start == 0:
-            out = np.empty((len(images), values.shape[1]), np.float32)
-        out[start:start + len(values)] = values
+    done, started = 0, time.perf_counter()
+    rate = lambda: f"{done / max(time.perf_counter() - started, 1e-9):.0f} img/s"  # noqa: E731
+    with progress(len(images), label, rate) as bar:
+        for start in range(0, len(images), batch_size):
+            batch = to_model_range(images[start:start + batch_size].to(device)).contiguous(memory_format=memory_format)
+            values = extractor(batch).float().cpu().numpy()
+            if start == 0:
+                out = np.empty((len(images), values.shape[1]), np.float32)
+            out[start:start + len(values)] = values
+            done += len(values)
+            bar.update(len(values))
     return out
 
 
@@ -123,16 +130,18 @@ def cached_features(extractor: nn.Module, data: ImageSet, key: dict[str, Any], c
     extract and store them. The feature matrix comes back memory-mapped when cached."""
     if data.labels is None:
         raise UserError(f"{data.name} {data.split} has no labels; evaluation needs a labelled dataset")
+    label = f"features: {data.name} {data.split}"
     labels = data.labels.numpy()
     if cache_dir is None:
-        return FeatureSet(extract(extractor, data.images, batch_size, device), labels, np.arange(len(data)), False)
+        return FeatureSet(extract(extractor, data.images, batch_size, device, label=label), labels,
+                          np.arange(len(data)), False)
     entry = Path(cache_dir) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     if entry.parent.is_dir():
         remove_stale_temporaries(entry.parent)
     hit = _read_entry(entry, key)
     if hit is not None:
         return hit
-    features = extract(extractor, data.images, batch_size, device)
+    features = extract(extractor, data.images, batch_size, device, label=label)
     _write_entry(entry, key, features, labels)
     stored = _read_entry(entry, key)  # memory-mapped like any hit, so the extracted copy is freed on return
     if stored is None:

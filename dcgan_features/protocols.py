@@ -23,6 +23,7 @@ import numpy as np
 
 from .config import SvmConfig
 from .errors import UserError
+from .runtime import progress
 from .svm import (
     ClassifierFactory,
     choose_c,
@@ -53,6 +54,15 @@ class Outcome:
     details: dict = field(default_factory=dict)
 
 
+SWEEP_LABEL = "SVM: C sweep"
+
+
+def _counted(bar, value):
+    """``value``, after advancing ``bar`` by one (progress inside a comprehension)."""
+    bar.update(1)
+    return value
+
+
 def fit_log(stage: str, fits: list[dict], **where) -> list[dict]:
     """One record per SVM fit (which stage, at which C, iterations, converged) for the result file, so a
     solver that stopped early is visible in every protocol."""
@@ -68,14 +78,16 @@ def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factor
     mirror image; validation and test rows never are. The arrays are built one at a time, so the sweep's, the
     refit's and the test's copies never coexist."""
     start = time.perf_counter()
-    selection = select_c(train_x, train_y, cfg, seed, factory, mirrored)
+    selection = select_c(train_x, train_y, cfg, seed, factory, mirrored, label=SWEEP_LABEL)
     select_s = time.perf_counter() - start
     X, y = training_rows(train_x, train_y, np.arange(len(train_y)), mirrored)
     scaler = fitted_scaler(X) if cfg.standardize else None
     if scaler is not None:
         scale_in_place(X, scaler)
     start = time.perf_counter()
-    model = factory(selection.best_c).fit(X, y)
+    with progress(1, f"SVM: refit on {len(y):,} rows at C={selection.best_c:g}") as bar:
+        model = factory(selection.best_c).fit(X, y)
+        bar.update(1)
     refit_s = time.perf_counter() - start
     del X
     X_test = read_rows(test_x, np.arange(len(test_y)))
@@ -92,7 +104,7 @@ def run_validation(train_x, train_y, cfg: SvmConfig, seed: int, factory: Classif
     """The ``full`` protocol's selection alone: C swept on the same stratified validation split of the training
     set (the same seed gives the same split), and the best validation accuracy reported. Takes no test data."""
     start = time.perf_counter()
-    selection = select_c(train_x, train_y, cfg, seed, factory, mirrored)
+    selection = select_c(train_x, train_y, cfg, seed, factory, mirrored, label=SWEEP_LABEL)
     best = next(row["val_accuracy"] for row in selection.table if row["C"] == selection.best_c)
     return Outcome(None, selection.best_c, selection.table, selection.at_grid_edge, fit_log("sweep", selection.table),
                    int(len(train_y)), selection.n_fit, selection.n_val,
@@ -125,15 +137,17 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     pools = [class_balanced_draw(train_y, labels_per_class, np.random.default_rng([seed, d])) for d in range(draws)]
     # Selection: every draw's own validation split, C by the mean validation accuracy over draws.
     mirror = (lambda rows: None) if mirrored is None else (lambda rows: mirrored[rows])  # noqa: E731
-    tables = [select_c(train_x[rows], train_y[rows], cfg, seed + d, factory, mirror(rows)).table
-              for d, rows in enumerate(pools)]
+    with progress(draws, f"SVM: C sweep on each of {draws} draws") as bar:
+        tables = [_counted(bar, select_c(train_x[rows], train_y[rows], cfg, seed + d, factory, mirror(rows)).table)
+                  for d, rows in enumerate(pools)]
     best, validation, edge = summarise_draws({row["C"]: [t[i]["val_accuracy"] for t in tables]
                                               for i, row in enumerate(tables[0])}, cfg)
     select_s = time.perf_counter() - start
     # Test: each draw refit on all its labelled images at the chosen C.
     start = time.perf_counter()
-    refits = [fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory, cfg.standardize, mirror(rows))
-              for rows in pools]
+    with progress(draws, f"SVM: refit each draw at C={best:g}") as bar:
+        refits = [_counted(bar, fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory,
+                                              cfg.standardize, mirror(rows))) for rows in pools]
     accuracies = [r["test_accuracy"] for r in refits]
     fits = [f for d, t in enumerate(tables) for f in fit_log("sweep", t, draw=d)] + \
         [f for d, r in enumerate(refits) for f in fit_log("refit", [r], draw=d)]
@@ -170,12 +184,16 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     val_x, val_y = train_x[val_rows], train_y[val_rows]
     fit = lambda rows, x, y, C: fit_and_score(train_x[rows], train_y[rows], x, y, C, factory,  # noqa: E731
                                               cfg.standardize, None if mirrored is None else mirrored[rows])
-    val_fits = {C: [fit(rows, val_x, val_y, C) for rows in map(draw, range(val_draws))] for C in sorted(cfg.c_grid)}
+    with progress(len(cfg.c_grid) * val_draws, f"SVM: {val_draws} validation draws per C") as bar:
+        val_fits = {C: [_counted(bar, fit(rows, val_x, val_y, C)) for rows in map(draw, range(val_draws))]
+                    for C in sorted(cfg.c_grid)}
     best, validation, edge = summarise_draws({C: [f["test_accuracy"] for f in fits]
                                               for C, fits in val_fits.items()}, cfg)
     select_s = time.perf_counter() - start
     start = time.perf_counter()
-    test_fits = [fit(rows, test_x, test_y, best) for rows in map(draw, range(val_draws, val_draws + test_draws))]
+    with progress(test_draws, f"SVM: {test_draws} test draws at C={best:g}") as bar:
+        test_fits = [_counted(bar, fit(rows, test_x, test_y, best))
+                     for rows in map(draw, range(val_draws, val_draws + test_draws))]
     errors = np.array([1 - f["test_accuracy"] for f in test_fits])
     std = float(errors.std(ddof=1)) if test_draws > 1 else 0.0
     fits = [f for C in val_fits for d, r in enumerate(val_fits[C]) for f in fit_log("validation", [r], draw=d)] + \

@@ -3,13 +3,38 @@ runs models uses these, so a device or seed is chosen the same way everywhere.""
 
 from __future__ import annotations
 
+import contextlib
 import platform
+import sys
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 
 from .errors import UserError
+
+
+@contextlib.contextmanager
+def progress(length: int, label: str | None, status: Callable[[], str] | None = None, done: int = 0) -> Iterator:
+    """A progress bar with rate and ETA on stderr when it is a terminal; elsewhere (logs, CI) click prints the label
+    once, a plain line per stage. ``status`` returns the text shown after the bar; ``label=None`` shows nothing
+    (for work done inside a larger stage, such as the online probe's extraction)."""
+    import click
+
+    if label is None:
+        yield _Silent()
+        return
+    bar = click.progressbar(length=length, label=label, show_eta=True, show_percent=False, show_pos=True,
+                            item_show_func=(lambda _: status()) if status else None, file=sys.stderr)
+    bar.pos = done  # work resumed part-way
+    with bar:
+        yield bar
+
+
+class _Silent:
+    def update(self, n: int, current_item=None) -> None:
+        pass
 
 
 def resolve_device(name: str) -> torch.device:

@@ -31,6 +31,7 @@ from sklearn.svm import LinearSVC
 
 from .config import SvmConfig
 from .errors import UserError
+from .runtime import progress
 
 
 class TorchL2SVM(ClassifierMixin, BaseEstimator):
@@ -336,27 +337,32 @@ def training_rows(features: np.ndarray, labels: np.ndarray, rows: np.ndarray,
 
 
 def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int,
-             factory: ClassifierFactory, mirrored: np.ndarray | None = None) -> Selection:
+             factory: ClassifierFactory, mirrored: np.ndarray | None = None, label: str | None = None) -> Selection:
     """Choose C by accuracy on a validation split of the training set. Takes no test data by design."""
     fit_rows, val_rows = validation_split(labels, cfg.val_fraction, seed)
     x_fit, y_fit = training_rows(features, labels, fit_rows, mirrored)
     x_fit, x_val = standardise(x_fit, read_rows(features, val_rows), copy=False, enabled=cfg.standardize)
-    return sweep_c(x_fit, y_fit, x_val, labels[val_rows], cfg, factory)
+    return sweep_c(x_fit, y_fit, x_val, labels[val_rows], cfg, factory, label)
 
 
 def sweep_c(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, cfg: SvmConfig,
-            factory: ClassifierFactory) -> Selection:
-    """Fit every C of the grid on (x_fit, y_fit) and score it on the validation arrays.
+            factory: ClassifierFactory, label: str | None = None) -> Selection:
+    """Fit every C of the grid on (x_fit, y_fit) and score it on the validation arrays (with ``label``, a progress
+    bar over the grid).
 
     The grid is swept from small to large C so a warm-starting solver starts near its answer;
     ties go to the smaller C (the stronger regularisation), as in :func:`choose_c`."""
     table, model = {}, None
-    for C in sorted(cfg.c_grid):
-        start = time.perf_counter()
-        model = _refit(model, factory, C).fit(x_fit, y_fit)
-        accuracy = float(np.mean(model.predict(x_val) == y_val))
-        table[C] = {"C": C, "val_accuracy": accuracy, "fit_seconds": round(time.perf_counter() - start, 3),
-                    **convergence(model)}
+    last = ""
+    with progress(len(cfg.c_grid), label, lambda: last) as bar:
+        for C in sorted(cfg.c_grid):
+            start = time.perf_counter()
+            model = _refit(model, factory, C).fit(x_fit, y_fit)
+            accuracy = float(np.mean(model.predict(x_val) == y_val))
+            table[C] = {"C": C, "val_accuracy": accuracy, "fit_seconds": round(time.perf_counter() - start, 3),
+                        **convergence(model)}
+            last = f"C={C:g}: {100 * accuracy:.2f}% on validation"
+            bar.update(1)
     best, edge = choose_c({c: row["val_accuracy"] for c, row in table.items()})
     return Selection(best, [table[C] for C in cfg.c_grid], len(y_fit), len(y_val), edge)
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +42,7 @@ from .data import ImageSet, load_images, to_model_range
 from .errors import UserError
 from .losses import RotationHead, discriminator_loss, generator_loss, rotation_loss
 from .models import Discriminator, Generator, build_models, sample_noise
-from .runtime import resolve_device, seeded_generator
+from .runtime import progress, resolve_device, seeded_generator
 
 Echo = Callable[[str], None]
 
@@ -240,7 +239,7 @@ def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: to
         meter.probe_note = f" | best probe {state.best_probe:.1%}"
     started = time.perf_counter()
     label = f"epoch {state.epoch + 1}/{tc.epochs}"
-    with _progress(steps_per_epoch, state.step, label, meter) as bar:
+    with progress(steps_per_epoch, label, meter.status, done=state.step) as bar:
         while state.step < steps_per_epoch:
             index = order[state.step * tc.batch_size:(state.step + 1) * tc.batch_size]
             real = to_model_range(data.images[index].to(device, non_blocking=True))
@@ -310,21 +309,15 @@ class ThroughputMeter:
     def rate(self) -> float:
         return self.images / max(time.perf_counter() - self.start, 1e-9)
 
+    def status(self) -> str:
+        """What the progress line shows after the bar: the rate, then any warning, then the probe score."""
+        return f"{self.rate():.0f} img/s{self.note}{self.probe_note}"
+
     def rate_since_mark(self) -> float:
         now = time.perf_counter()
         rate = self.images_since_mark / max(now - self.mark, 1e-9)
         self.mark, self.images_since_mark = now, 0
         return rate
-
-
-def _progress(length: int, done: int, label: str, meter: ThroughputMeter):
-    import click
-
-    bar = click.progressbar(length=length, label=label, show_eta=True, show_percent=False, show_pos=True,
-                            item_show_func=lambda _: f"{meter.rate():.0f} img/s{meter.note}{meter.probe_note}",
-                            file=sys.stderr)
-    bar.pos = done  # a resumed epoch starts part-way
-    return bar
 
 
 def log_step(state: TrainingState, stats: dict, meter: ThroughputMeter, run_dir: Path, tc: TrainConfig) -> None:

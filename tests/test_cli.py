@@ -61,9 +61,15 @@ def fail(*args):
     result = CliRunner().invoke(cli, [str(a) for a in args])
     lines = result.stderr.strip().splitlines()
     assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    # The error is one line, the last; progress labels of stages that ran before it may precede it.
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.output
+    assert all(line.startswith(PROGRESS_LABELS) for line in lines[:-1]), result.output
     assert "Traceback" not in result.output
-    return lines[0]
+    return lines[-1]
+
+
+PROGRESS_LABELS = ("features: ", "SVM: ", "epoch ")
 
 
 @pytest.fixture
@@ -360,3 +366,30 @@ def test_ablation_table_states_each_rows_change_from_the_reference(tmp_path, tin
     assert csv.count("0 / 0,1") == 2 and csv.count(",2,") == 2  # each row: two results (evaluation seeds 0, 1)
     shutil.copy(next((tmp_path / "abl").glob("*seed0.json")), tmp_path / "abl" / "copy.json")
     assert "repeat the same experiment" in fail(*args)
+
+
+def test_evaluate_shows_a_line_per_stage_off_a_terminal_and_a_bar_with_eta_on_one(tmp_path, tiny_run, monkeypatch):
+    import io
+    import sys
+
+    result = CliRunner().invoke(cli, ["evaluate", "--checkpoint", str(tiny_run), "--protocol", "per-class",
+                                      "--labels-per-class", "20", "--draws", "2", "--set", "svm.c_grid=[0.01, 0.1]",
+                                      "--results-dir", str(tmp_path / "res"), "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert lines[:3] == ["features: fake train", "features: fake test", "SVM: C sweep on each of 2 draws"]
+    assert len(lines) == 4 and lines[3].startswith("SVM: refit each draw at C=")
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    from dcgan_features.runtime import progress
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with progress(4, "SVM: C sweep", lambda: "C=0.1: 50.00% on validation") as bar:
+        for _ in range(4):
+            bar.update(1)
+    shown = terminal.getvalue()
+    assert "SVM: C sweep" in shown and "4/4" in shown and "C=0.1: 50.00% on validation" in shown
