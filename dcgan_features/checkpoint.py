@@ -1,12 +1,14 @@
 """The checkpoint format: one dict of tensors and plain data, written atomically and read with
 ``torch.load(..., weights_only=True)`` so that a checkpoint from a stranger cannot run code.
 
-Two kinds share the format:
+Three kinds share the format:
 
 * ``training`` (``RUN/checkpoint.pt`` and ``RUN/checkpoints/epoch_NNN.pt``): G, D, both optimisers,
   the position in training, RNG states, the fixed sample noise and the whole config;
 * ``discriminator`` (``RUN/discriminator.pt``, written when a run finishes): D's weights and the
-  config only, the small file that ``evaluate`` needs and that results cite by sha256.
+  config only, the small file that ``evaluate`` needs and that results cite by sha256;
+* ``generator`` (``RUN/generator.pt``, written beside it): G and the final D with the config, what the analyses
+  (``dcgan-features analyse``) need without the optimisers' state.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .models import Discriminator
 FORMAT = "dcgan-features/checkpoint/v1"
 TRAINING_FILE = "checkpoint.pt"
 DISCRIMINATOR_FILE = "discriminator.pt"
+GENERATOR_FILE = "generator.pt"
 BEST_PROBE_FILE = "discriminator_best_probe.pt"  # the D with the best online probe (train.probe_every)
 
 

@@ -31,6 +31,7 @@ from .augment import diff_augment
 from .checkpoint import (
     BEST_PROBE_FILE,
     DISCRIMINATOR_FILE,
+    GENERATOR_FILE,
     TRAINING_FILE,
     config_of,
     load_checkpoint,
@@ -137,7 +138,8 @@ def prepare_run(run_dir: Path, config: Config, force: bool) -> dict | None:
     Returns the checkpoint payload to resume from, or None for a fresh run."""
     config_path = run_dir / "config.json"
     if force and config_path.exists():
-        for name in (TRAINING_FILE, DISCRIMINATOR_FILE, BEST_PROBE_FILE, "metrics.jsonl", "config.json"):
+        for name in (TRAINING_FILE, DISCRIMINATOR_FILE, GENERATOR_FILE, BEST_PROBE_FILE, "metrics.jsonl",
+                     "config.json"):
             (run_dir / name).unlink(missing_ok=True)
         for name in ("checkpoints", "samples"):
             shutil.rmtree(run_dir / name, ignore_errors=True)
@@ -405,9 +407,20 @@ def save_discriminator(path: Path, state: TrainingState, config: Config, **selec
                            **selection})
 
 
+def save_generator(path: Path, state: TrainingState, config: Config) -> None:
+    """G and the final D with the config and where training stands: what the analyses need, without the optimisers."""
+    cpu = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()}  # noqa: E731
+    save_checkpoint(path, {"kind": "generator", "config": config.to_dict(), "generator": cpu(state.generator),
+                           "discriminator": cpu(state.discriminator), "epoch": state.epoch,
+                           "global_step": state.global_step, "train_seconds": round(state.train_seconds, 1),
+                           "provenance": state.provenance})
+
+
 def finish_run(state: TrainingState, config: Config, run_dir: Path, echo: Echo, rewrite: bool) -> Path:
     path = run_dir / DISCRIMINATOR_FILE
     if rewrite or not path.exists():
         save_discriminator(path, state, config, selected_by="final")
+    if rewrite or not (run_dir / GENERATOR_FILE).exists():
+        save_generator(run_dir / GENERATOR_FILE, state, config)
     echo(f"run {run_dir} complete after {state.epoch} epochs; discriminator: {path}")
     return path

@@ -20,7 +20,7 @@ def weights(run_dir):
 def test_run_directory_contents(tiny_config, tmp_path):
     run = tmp_path / "run"
     pretrain(tiny_config, run, echo=lambda s: None)
-    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "discriminator.pt",
+    for name in ("config.json", "metrics.jsonl", "checkpoint.pt", "discriminator.pt", "generator.pt",
                  "samples/epoch_001.png", "samples/epoch_002.png", "checkpoints/epoch_002.pt"):
         assert (run / name).is_file(), name
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

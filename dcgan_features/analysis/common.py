@@ -11,7 +11,15 @@ import numpy as np
 import torch
 
 from ..artifacts import atomic_path, provenance, sha256_file, write_json
-from ..checkpoint import DISCRIMINATOR_FILE, TRAINING_FILE, config_of, load_checkpoint, load_discriminator, load_state
+from ..checkpoint import (
+    DISCRIMINATOR_FILE,
+    GENERATOR_FILE,
+    TRAINING_FILE,
+    config_of,
+    load_checkpoint,
+    load_discriminator,
+    load_state,
+)
 from ..config import Config
 from ..errors import UserError
 from ..features import FrozenExtractor, PoolingSpec
@@ -33,16 +41,16 @@ class Models:
 
 
 def generator_checkpoint(path: str | Path) -> Path:
-    """The file holding a generator: a run directory's ``checkpoint.pt`` (the training state), or an imported
-    model's ``discriminator.pt``; a file is taken as it is."""
+    """The file holding a generator: a run directory's ``generator.pt`` (written when it finished), else its
+    ``checkpoint.pt`` (the training state), else an imported model's ``discriminator.pt``; a file as it is."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist (give a run directory or a .pt file)")
     if path.is_dir():
-        for name in (TRAINING_FILE, DISCRIMINATOR_FILE):
+        for name in (GENERATOR_FILE, TRAINING_FILE, DISCRIMINATOR_FILE):
             if (path / name).is_file():
                 return path / name
-        raise UserError(f"run directory {path} holds no {TRAINING_FILE} or {DISCRIMINATOR_FILE}")
+        raise UserError(f"run directory {path} holds no {GENERATOR_FILE}, {TRAINING_FILE} or {DISCRIMINATOR_FILE}")
     return path
 
 
@@ -52,7 +60,7 @@ def load_models(path: str | Path, device: torch.device) -> Models:
     payload = load_checkpoint(path)
     if "generator" not in payload:
         raise UserError(f"{path} holds no generator (a discriminator.pt of a trained run holds D alone); "
-                        f"give the run directory or its {TRAINING_FILE}")
+                        f"give the run directory, its {GENERATOR_FILE} or its {TRAINING_FILE}")
     discriminator, config = load_discriminator(payload, str(path))
     generator = Generator(config.model)
     load_state(generator, payload["generator"], str(path), "generator")
