@@ -23,7 +23,8 @@ from .common import pyplot, save_figure
 
 CURVES = [("losses", ["loss_d", "loss_g"]), ("D outputs", ["d_x", "d_g_z"]), ("throughput", ["img_per_s"]),
           ("online probe", ["probe_accuracy"])]
-SHOWN_GRIDS = 6  # sample grids copied beside the page: the first, the last and evenly spaced ones between
+SHOWN_GRIDS = 4  # sample grids copied beside the page: the first, the last and evenly spaced ones between
+GIF_FRAMES = 12  # at most this many epochs' grids in the animation (photographs compress badly as GIF)
 
 
 def read_metrics(run_dir: Path) -> pd.DataFrame:
@@ -71,10 +72,12 @@ def sample_grids(run_dir: Path, out_dir: Path) -> tuple[list[Path], Path | None]
     for grid in chosen:
         copies.append(out_dir / f"samples_{grid.name}")
         shutil.copyfile(grid, copies[-1])
-    frames = [Image.open(grid).convert("RGB") for grid in grids]
+    every = grids[::max(1, -(-len(grids) // GIF_FRAMES))]
+    frames = [Image.open(grid).convert("RGB") for grid in sorted({*every, grids[-1]})]
     gif = out_dir / "samples.gif"
     with atomic_path(gif) as tmp:
-        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=400, loop=0)
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=500, loop=0,
+                       optimize=True)
     return copies, gif
 
 
@@ -168,14 +171,15 @@ def render_html(sections: dict) -> str:
     body += [f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in _facts(sections["record"])]
     body += ["</table>"]
     for caption, path in sections["images"]:
+        size = "" if path.name == "curves.png" else ' class="grid"'  # sample grids are drawn at twice their size
         body += [f"<h2>{html.escape(caption)}</h2>",
-                 f'<img src="{embedded(path)}" alt="{html.escape(caption)}" title="{html.escape(path.name)}">']
+                 f'<img{size} src="{embedded(path)}" alt="{html.escape(caption)}" title="{html.escape(path.name)}">']
     results = sections["results"]
     body += ["<h2>Evaluation results</h2>",
              results.to_html(index=False, border=0) if len(results) else "<p>No evaluation result found.</p>"]
     body += ["<h2>Config</h2>", f"<pre>{html.escape(json.dumps(sections['record']['config'], indent=2))}</pre>"]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}img{max-width:100%;"
-             "image-rendering:pixelated}table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left;"
+             "image-rendering:pixelated}img.grid{width:548px}table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left;"
              "border-bottom:1px solid #ddd;font-size:13px}pre{background:#f6f6f6;padding:1em;font-size:12px}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Run {html.escape(sections['run'])}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
