@@ -159,6 +159,9 @@ class TrainConfig:
     channels_last: bool = True
     bf16: bool = False
     compile: bool = False
+    # Under torchrun (more than one process): batch norm normalises over the whole global batch, so N processes
+    # train as one would (to float rounding). Off: each process's share is its own batch-norm batch.
+    sync_batchnorm: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -35,101 +34,34 @@ from .checkpoint import (
     TRAINING_FILE,
     config_of,
     load_checkpoint,
-    load_state,
-    save_checkpoint,
 )
 from .config import Config, TrainConfig
 from .data import ImageSet, load_images, to_model_range
+from .distributed import (
+    World,
+    average_gradients,
+    barrier,
+    current_world,
+    init_world,
+    mean_over_ranks,
+    on_main,
+    shard,
+)
 from .errors import UserError
-from .losses import RotationHead, discriminator_loss, generator_loss, rotation_loss
-from .models import Discriminator, Generator, build_models, sample_noise
+from .losses import discriminator_loss, generator_loss, rotation_loss
+from .models import Discriminator, sample_noise
 from .runtime import progress, resolve_device, seeded_generator
+from .training_state import (
+    SPEED_KEYS,
+    TrainingState,
+    new_state,
+    restore_state,
+    save_discriminator,
+    save_generator,
+    write_training_checkpoint,
+)
 
 Echo = Callable[[str], None]
-
-
-@dataclass
-class TrainingState:
-    """Everything that changes during training; a checkpoint is exactly this plus the config."""
-
-    generator: Generator
-    discriminator: Discriminator
-    opt_g: torch.optim.Adam
-    opt_d: torch.optim.Adam
-    noise_rng: torch.Generator
-    fixed_noise: torch.Tensor
-    epoch: int = 0  # epochs completed
-    step: int = 0  # steps completed inside the current epoch
-    global_step: int = 0
-    low_loss_since: int = -1  # global step since which D's loss has stayed below train.collapse_loss
-    train_seconds: float = 0.0  # wall time spent training, summed over resumes
-    best_probe: float = -1.0  # the best online probe accuracy so far (train.probe_every)
-    rotation_head: RotationHead | None = None  # with train.rotation_weight; trained with D, not a feature
-    provenance: list = field(default_factory=list)  # one entry per process that trained: commit, command, start
-
-    def to_payload(self, config: Config, finished: bool) -> dict:
-        cpu = lambda sd: {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in sd.items()}  # noqa: E731
-        return {
-            "kind": "training", "config": config.to_dict(), "finished": finished,
-            "generator": cpu(self.generator.state_dict()), "discriminator": cpu(self.discriminator.state_dict()),
-            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
-            "epoch": self.epoch, "step": self.step, "global_step": self.global_step,
-            "low_loss_since": self.low_loss_since, "train_seconds": round(self.train_seconds, 1),
-            "best_probe": self.best_probe,
-            **({"rotation_head": cpu(self.rotation_head.state_dict())} if self.rotation_head is not None else {}),
-            "provenance": self.provenance, "rng": {"noise": self.noise_rng.get_state(), "torch": torch.get_rng_state()},
-            "fixed_noise": self.fixed_noise,
-        }
-
-
-SPEED_KEYS = ("train.channels_last", "train.bf16", "train.compile")
-
-
-def new_state(config: Config, device: torch.device) -> TrainingState:
-    torch.manual_seed(config.train.seed)  # model initialisation
-    g, d = build_models(config.model)
-    tc = config.train
-    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
-    g, d = g.to(device, memory_format=memory_format), d.to(device, memory_format=memory_format)
-    if tc.compile:  # in place, so state_dict keys stay those of the plain modules
-        g.compile()
-        d.compile()
-    # The fused Adam kernel updates each tensor in one pass over its memory, where the default loop on
-    # CPU makes several: the same update, and a visible share of a small model's step time.
-    fused = device.type in ("cpu", "cuda")
-    head = None
-    if tc.rotation_weight > 0:
-        channels, size, _ = d.block_shapes[list(d.block_shapes)[-1]]
-        head = RotationHead(channels, size).to(device)
-    d_params = [*d.parameters(), *(head.parameters() if head is not None else ())]
-    return TrainingState(
-        generator=g, discriminator=d,
-        opt_g=torch.optim.Adam(g.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=fused),
-        opt_d=torch.optim.Adam(d_params, lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=fused),
-        rotation_head=head,
-        noise_rng=seeded_generator(tc.seed, 1),
-        fixed_noise=sample_noise(tc.num_samples, config.model, seeded_generator(tc.seed, 2)),
-    )
-
-
-def restore_state(payload: dict, config: Config, device: torch.device, source: str) -> TrainingState:
-    state = new_state(config, device)
-    load_state(state.generator, payload["generator"], source, "generator")
-    load_state(state.discriminator, payload["discriminator"], source, "discriminator")
-    if state.rotation_head is not None:
-        load_state(state.rotation_head, payload["rotation_head"], source, "rotation head")
-    state.opt_g.load_state_dict(payload["opt_g"])
-    state.opt_d.load_state_dict(payload["opt_d"])
-    state.noise_rng.set_state(payload["rng"]["noise"])
-    torch.set_rng_state(payload["rng"]["torch"])
-    state.fixed_noise = payload["fixed_noise"]
-    state.epoch, state.step, state.global_step = payload["epoch"], payload["step"], payload["global_step"]
-    state.low_loss_since = payload.get("low_loss_since", -1)
-    state.train_seconds = payload.get("train_seconds", 0.0)
-    state.best_probe = payload.get("best_probe", -1.0)
-    stored = payload.get("provenance", [])
-    state.provenance = [stored] if isinstance(stored, dict) else list(stored)  # older checkpoints held one dict
-    return state
 
 
 def prepare_run(run_dir: Path, config: Config, force: bool) -> dict | None:
@@ -195,44 +127,69 @@ ProbeFactory = Callable[[Config, ImageSet, torch.device], Callable[[Discriminato
 def pretrain(config: Config, run_dir: str | Path, *, force: bool = False, echo: Echo = print,
              make_probe: ProbeFactory | None = None) -> Path:
     """Train (or resume) a DCGAN in ``run_dir``; returns the path of the final ``discriminator.pt``.
-    With ``train.probe_every`` and ``make_probe``, D's features are probed as it trains."""
+    With ``train.probe_every`` and ``make_probe``, D's features are probed as it trains. Under torchrun every rank
+    runs this; rank 0 alone writes and prints (``distributed``)."""
     run_dir = Path(run_dir)
     started = provenance()  # now: the code that runs is the commit checked out at start
-    device = resolve_device(config.train.device)
-    payload = prepare_run(run_dir, config, force)
+    world, device = init_world(resolve_device(config.train.device))
+    echo = echo if world.is_main else (lambda _: None)
+    if config.train.batch_size % world.size:
+        raise UserError(f"train.batch_size {config.train.batch_size} (the global batch) does not split evenly over "
+                        f"{world.size} processes")
+    on_main(prepare_run, run_dir, config, force)
+    barrier()  # the run directory is ready (and a --force has cleared it) before any rank reads it
+    payload = load_checkpoint(run_dir / TRAINING_FILE) if (run_dir / TRAINING_FILE).exists() else None
     data = load_images(config.data.dataset, config.data.root, "train", image_size=config.model.image_size,
                        channels=config.model.channels, download=config.data.download)
     steps_per_epoch = len(data) // config.train.batch_size
     if steps_per_epoch == 0:
         raise UserError(f"{config.data.dataset} has {len(data)} training images, fewer than one batch "
                         f"of {config.train.batch_size}; lower --batch-size")
-    if payload is None:
-        state = new_state(config, device)
-    else:
-        state = restore_state(payload, config, device, str(run_dir / TRAINING_FILE))
-        _truncate_metrics(run_dir / "metrics.jsonl", state.global_step)
-        if state.epoch < config.train.epochs:
-            echo(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}")
-        else:
-            echo(f"run {run_dir} already has {state.epoch} epochs; pass --epochs N to extend it, "
-                 "or --force to start over")
-    if state.epoch < config.train.epochs:
-        echo(f"pretraining on {config.data.dataset} ({len(data):,} images, {steps_per_epoch} steps/epoch) "
-             f"on {device}, {config.train.epochs} epochs -> {run_dir}")
+    state = resume(payload, config, device, run_dir, world, echo)
     trained = state.epoch < config.train.epochs
     if trained:
-        state.provenance.append({**started, "from_epoch": state.epoch, "from_step": state.step})
-    probe = make_probe(config, data, device) if make_probe and config.train.probe_every and trained else None
+        echo(f"pretraining on {config.data.dataset} ({len(data):,} images, {steps_per_epoch} steps/epoch) "
+             f"on {device}{f' x {world.size} processes' if world.size > 1 else ''}, {config.train.epochs} epochs "
+             f"-> {run_dir}")
+        state.provenance.append({**started, "from_epoch": state.epoch, "from_step": state.step,
+                                 "world_size": world.size})
+    probe = make_probe(config, data, device) if (make_probe and config.train.probe_every and trained
+                                                 and world.is_main) else None
     while state.epoch < config.train.epochs:
         train_epoch(state, data, config, device, run_dir, steps_per_epoch, probe)
         end_epoch(state, config, run_dir)
-    return finish_run(state, config, run_dir, echo, rewrite=trained)
+    path = on_main(finish_run, state, config, run_dir, echo, rewrite=trained)
+    barrier()
+    return path or run_dir / DISCRIMINATOR_FILE
+
+
+def resume(payload: dict | None, config: Config, device: torch.device, run_dir: Path, world: World,
+           echo: Echo) -> TrainingState:
+    """A fresh state, or the checkpoint's, saying where it resumes; a different number of processes is allowed,
+    with a warning of what that changes."""
+    if payload is None:
+        return new_state(config, device)
+    state = restore_state(payload, config, device, str(run_dir / TRAINING_FILE))
+    if world.is_main:
+        _truncate_metrics(run_dir / "metrics.jsonl", state.global_step)
+    trained_with = payload.get("world_size", 1)
+    if trained_with != world.size and state.epoch < config.train.epochs:
+        echo(f"warning: {run_dir} was trained with {trained_with} process(es) and resumes with {world.size}: the "
+             "global batch and its data order are unchanged, but each process now holds another share of it"
+             + ("" if config.train.sync_batchnorm else ", and batch norm (train.sync_batchnorm off) sees other "
+                "batches"))
+    if state.epoch < config.train.epochs:
+        echo(f"resuming {run_dir} at epoch {state.epoch + 1}, step {state.step}")
+    else:
+        echo(f"run {run_dir} already has {state.epoch} epochs; pass --epochs N to extend it, or --force to start over")
+    return state
 
 
 def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: torch.device,
                 run_dir: Path, steps_per_epoch: int, probe: Callable[[Discriminator], float] | None = None) -> None:
-    """Run the remaining steps of epoch ``state.epoch`` (from ``state.step``, so resumes are exact)."""
-    tc = config.train
+    """Run the remaining steps of epoch ``state.epoch`` (from ``state.step``, so resumes are exact). Each rank
+    trains on its share of every global batch; losses are logged as their mean over the ranks."""
+    tc, world = config.train, current_world()
     order = torch.randperm(len(data), generator=seeded_generator(tc.seed, 0, state.epoch))
     for group in [*state.opt_g.param_groups, *state.opt_d.param_groups]:
         group["lr"] = tc.lr_at(state.epoch)
@@ -240,33 +197,35 @@ def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: to
     if state.best_probe >= 0:
         meter.probe_note = f" | best probe {state.best_probe:.1%}"
     started = time.perf_counter()
-    label = f"epoch {state.epoch + 1}/{tc.epochs}"
+    label = f"epoch {state.epoch + 1}/{tc.epochs}" if world.is_main else None
     with progress(steps_per_epoch, label, meter.status, done=state.step) as bar:
         while state.step < steps_per_epoch:
-            index = order[state.step * tc.batch_size:(state.step + 1) * tc.batch_size]
+            index = shard(order[state.step * tc.batch_size:(state.step + 1) * tc.batch_size], world)
             real = to_model_range(data.images[index].to(device, non_blocking=True))
             if tc.channels_last:
                 real = real.contiguous(memory_format=torch.channels_last)
             stats = train_step(state, real, config, device)
             state.step += 1
             state.global_step += 1
-            meter.update(len(index))
+            meter.update(len(index) * world.size)
             state.train_seconds += time.perf_counter() - started
             started = time.perf_counter()
             bar.update(1)
             if state.global_step % tc.log_every == 0 or state.step == steps_per_epoch:
-                log_step(state, stats, meter, run_dir, tc)
+                log_step(state, mean_over_ranks(stats), meter, run_dir, tc)
             if probe is not None and state.global_step % tc.probe_every == 0:
                 probe_step(state, probe, config, run_dir, meter)
             if tc.checkpoint_every and state.global_step % tc.checkpoint_every == 0:
-                write_training_checkpoint(state, config, run_dir)
+                write_training_checkpoint(state, config, [run_dir / TRAINING_FILE])
 
 
 def train_step(state: TrainingState, real: torch.Tensor, config: Config, device: torch.device) -> dict:
     """One discriminator and one generator update with ``train.loss`` (the paper's non-saturating BCE by default),
     D's inputs augmented by ``train.diffaugment`` and D's loss joined by the rotation task when configured."""
     g, d, tc = state.generator, state.discriminator, config.train
-    z = sample_noise(real.shape[0], config.model, state.noise_rng).to(device)
+    # The global batch's z, of which this rank takes its share: the same draws whatever the number of processes.
+    z = shard(sample_noise(real.shape[0] * current_world().size, config.model, state.noise_rng),
+              current_world()).to(device)
     augment = lambda x: diff_augment(x, tc.diffaugment, state.noise_rng)  # noqa: E731
     precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16)
     with precision:
@@ -278,6 +237,7 @@ def train_step(state: TrainingState, real: torch.Tensor, config: Config, device:
             loss_d = loss_d + tc.rotation_weight * rotation_loss(d, state.rotation_head, real, state.noise_rng)
     state.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
+    average_gradients(d, *([state.rotation_head] if state.rotation_head is not None else []))
     state.opt_d.step()
     state.opt_g.zero_grad(set_to_none=True)
     # G's loss needs gradients through D, not of D's weights: D is zero-graded before its next update
@@ -290,6 +250,7 @@ def train_step(state: TrainingState, real: torch.Tensor, config: Config, device:
         loss_g.backward()
     finally:
         d.requires_grad_(True)
+    average_gradients(g)
     state.opt_g.step()
     return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_x": torch.sigmoid(logits_real).mean().detach(),
             "d_g_z": torch.sigmoid(logits_fake).mean().detach()}
@@ -335,6 +296,8 @@ def log_step(state: TrainingState, stats: dict, meter: ThroughputMeter, run_dir:
         state.low_loss_since = state.global_step
     collapsed = state.low_loss_since >= 0 and state.global_step - state.low_loss_since >= tc.collapse_steps
     meter.note = f" | D collapsed: loss_d < {tc.collapse_loss:g} since step {state.low_loss_since}" if collapsed else ""
+    if not current_world().is_main:
+        return
     append_jsonl(run_dir / "metrics.jsonl", {
         "epoch": state.epoch + 1, "step": state.step, "global_step": state.global_step,
         **{k: round(v, 6) for k, v in values.items()}, "img_per_s": round(meter.rate_since_mark(), 1),
@@ -373,19 +336,10 @@ def _truncate_metrics(path: Path, global_step: int) -> None:
 
 def end_epoch(state: TrainingState, config: Config, run_dir: Path) -> None:
     state.epoch, state.step = state.epoch + 1, 0
-    save_samples(state, run_dir / "samples" / f"epoch_{state.epoch:03d}.png")
-    write_training_checkpoint(state, config, run_dir)
-    save_checkpoint(run_dir / "checkpoints" / f"epoch_{state.epoch:03d}.pt",
-                    state.to_payload(config, finished=state.epoch >= config.train.epochs))
-
-
-def write_training_checkpoint(state: TrainingState, config: Config, run_dir: Path) -> None:
-    bad = [n for m in (state.generator, state.discriminator) for n, p in m.named_parameters()
-           if not torch.isfinite(p).all()]
-    if bad:
-        raise UserError(f"training diverged: non-finite weights in {bad[0]} at epoch {state.epoch + 1}; "
-                        f"kept the last good checkpoint {run_dir / TRAINING_FILE}")
-    save_checkpoint(run_dir / TRAINING_FILE, state.to_payload(config, finished=state.epoch >= config.train.epochs))
+    if current_world().is_main:
+        save_samples(state, run_dir / "samples" / f"epoch_{state.epoch:03d}.png")
+    write_training_checkpoint(state, config, [run_dir / TRAINING_FILE,
+                                              run_dir / "checkpoints" / f"epoch_{state.epoch:03d}.pt"])
 
 
 @torch.no_grad()
@@ -396,24 +350,6 @@ def save_samples(state: TrainingState, path: Path) -> None:
     images = g(state.fixed_noise.to(next(g.parameters()).device))
     g.train()
     write_image_grid(images, path, nrow=8)
-
-
-def save_discriminator(path: Path, state: TrainingState, config: Config, **selection) -> None:
-    """D's weights and config, where training stands, and how this D was chosen (the final one, or the best probe)."""
-    d_state = {k: v.detach().cpu() for k, v in state.discriminator.state_dict().items()}
-    save_checkpoint(path, {"kind": "discriminator", "config": config.to_dict(), "discriminator": d_state,
-                           "epoch": state.epoch, "step": state.step, "global_step": state.global_step,
-                           "train_seconds": round(state.train_seconds, 1), "provenance": state.provenance,
-                           **selection})
-
-
-def save_generator(path: Path, state: TrainingState, config: Config) -> None:
-    """G and the final D with the config and where training stands: what the analyses need, without the optimisers."""
-    cpu = lambda m: {k: v.detach().cpu() for k, v in m.state_dict().items()}  # noqa: E731
-    save_checkpoint(path, {"kind": "generator", "config": config.to_dict(), "generator": cpu(state.generator),
-                           "discriminator": cpu(state.discriminator), "epoch": state.epoch,
-                           "global_step": state.global_step, "train_seconds": round(state.train_seconds, 1),
-                           "provenance": state.provenance})
 
 
 def finish_run(state: TrainingState, config: Config, run_dir: Path, echo: Echo, rewrite: bool) -> Path:

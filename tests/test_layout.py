@@ -5,9 +5,9 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).parents[1] / "dcgan_features"
 # Helpers first, then the pipeline's stages in the order data moves through them.
-ORDER = ["errors", "config", "runtime", "artifacts", "data", "models", "checkpoint", "augment", "losses", "train",
-         "dcgan_code", "features", "svm", "protocols", "probe", "results", "evaluate", "ablations", "analysis", "cli",
-         "__main__", "__init__"]
+ORDER = ["errors", "config", "runtime", "distributed", "artifacts", "data", "models", "checkpoint", "augment",
+         "losses", "training_state", "train", "dcgan_code", "features", "svm", "protocols", "probe", "results",
+         "evaluate", "ablations", "analysis", "cli", "__main__", "__init__"]
 SUBPACKAGES = ["analysis"]  # a stage made of several modules: they may import each other and earlier stages
 
 

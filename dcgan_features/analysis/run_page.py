@@ -179,7 +179,8 @@ def render_html(sections: dict) -> str:
              results.to_html(index=False, border=0) if len(results) else "<p>No evaluation result found.</p>"]
     body += ["<h2>Config</h2>", f"<pre>{html.escape(json.dumps(sections['record']['config'], indent=2))}</pre>"]
     style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}img{max-width:100%;"
-             "image-rendering:pixelated}img.grid{width:548px}table{border-collapse:collapse}td,th{padding:2px 8px;text-align:left;"
-             "border-bottom:1px solid #ddd;font-size:13px}pre{background:#f6f6f6;padding:1em;font-size:12px}")
+             "image-rendering:pixelated}img.grid{width:548px}table{border-collapse:collapse}"
+             "td,th{padding:2px 8px;text-align:left;border-bottom:1px solid #ddd;font-size:13px}"
+             "pre{background:#f6f6f6;padding:1em;font-size:12px}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>Run {html.escape(sections['run'])}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
