@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -134,6 +135,42 @@ def on_main(work, *args, **kwargs):
     if outcome[0] is not None:
         raise UserError(outcome[0])
     return result
+
+
+def broadcast_flag(value: bool) -> bool:
+    """Rank 0's ``value`` on every rank."""
+    if current_world().size == 1:
+        return value
+    flag = [value]
+    dist.broadcast_object_list(flag, src=0)
+    return bool(flag[0])
+
+
+def shard_bounds(n: int, world: World, multiple: int) -> tuple[int, int]:
+    """This rank's contiguous rows [start, end) of ``n``, cut at multiples of ``multiple`` (a batch size), so that
+    every rank's batches are batches of the one-process pass over the same rows."""
+    blocks = -(-n // multiple)
+    first, last = (blocks * world.rank) // world.size, (blocks * (world.rank + 1)) // world.size
+    return min(first * multiple, n), min(last * multiple, n)
+
+
+def gather_rows(rows: np.ndarray, n: int, multiple: int) -> np.ndarray | None:
+    """Every rank's rows (from :func:`shard_bounds`) put together in order on rank 0; None on the others."""
+    world = current_world()
+    if world.size == 1:
+        return rows
+    shares = [shard_bounds(n, World(r, world.size), multiple) for r in range(world.size)]
+    longest = max(end - start for start, end in shares)
+    padded = torch.zeros((longest, *rows.shape[1:]), dtype=torch.from_numpy(rows).dtype)
+    padded[:len(rows)] = torch.from_numpy(rows)
+    home = padded.device
+    if dist.get_backend() == "nccl":
+        padded = padded.to(torch.device("cuda", torch.cuda.current_device()))
+    received = [torch.empty_like(padded) for _ in range(world.size)] if world.is_main else None
+    dist.gather(padded, received, dst=0)
+    if not world.is_main:
+        return None
+    return torch.cat([t[:end - start].to(home) for t, (start, end) in zip(received, shares)]).numpy()
 
 
 def barrier() -> None:

@@ -17,6 +17,7 @@ from .artifacts import provenance, sha256_file
 from .checkpoint import load_checkpoint, load_discriminator, resolve_checkpoint
 from .config import Config, EvalConfig, apply_overrides, read_config_file
 from .data import ImageSet, load_images
+from .distributed import init_world
 from .errors import UserError
 from .features import FeatureSet, FrozenExtractor, PixelExtractor, PoolingSpec, cache_key, cached_features
 from .models import Discriminator, build_models, recompute_batchnorm_stats
@@ -123,12 +124,15 @@ def evaluate(checkpoint: str | Path | None, settings: EvalConfig = EvalConfig(),
              config_path: str | Path | None = None, overrides: Mapping[str, Any] | None = None,
              results_dir: str | Path = "results", cache_dir: str | Path | None = None, force: bool = False,
              echo: Callable[[str], None] = print, origin: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Evaluate a checkpoint's frozen discriminator as ``settings`` say; returns the result written to disk.
+    """Evaluate a checkpoint's frozen discriminator as ``settings`` say; returns the result written to disk. Under
+    torchrun the ranks share the feature extraction and rank 0 fits the SVM and writes (the others return {}).
 
     ``seed`` drives everything random in the evaluation (validation split, label draws, the untrained
     baseline's initialisation). ``origin`` is the provenance to record, read once when several seeds
     are evaluated by one command."""
     started, origin = time.perf_counter(), origin or provenance()  # the commit that runs is the one checked out now
+    world, device = init_world(resolve_device(settings.device))
+    echo = echo if world.is_main else (lambda _: None)
     run = resolve(checkpoint, settings, seed, config_path, overrides or {}, results_dir)
     if run.out_path.exists() and not force:
         echo(f"already evaluated: {run.out_path} (pass --force to recompute)")
@@ -138,8 +142,9 @@ def evaluate(checkpoint: str | Path | None, settings: EvalConfig = EvalConfig(),
     if where := unfinished(record["checkpoint"]):
         echo(f"warning: {run.subject.path} is the checkpoint of an unfinished run ({where}): there is no "
              "discriminator.pt yet, so this evaluates D as it was mid-training")
-    device = resolve_device(settings.device)
     features, spec, timings = extract_splits(run, cache_dir, device, echo)
+    if not world.is_main:
+        return {}  # under torchrun: this rank's share of the features went to rank 0, which fits the SVM
     outcome = run_protocol(run, features, device)
     warn_about(outcome, echo)
     timings.update(outcome.timings, total_s=round(time.perf_counter() - started, 2))
@@ -204,7 +209,7 @@ def evaluate_seeds(checkpoint: str | Path | None, settings: EvalConfig = EvalCon
     origin = provenance()
     results = [evaluate(checkpoint, settings, seed=seed, echo=echo, origin=origin, **options)
                for seed in settings.seeds]
-    if len(results) > 1:
+    if len(results) > 1 and all(results):  # (under torchrun, only rank 0 holds results)
         accuracies = 100 * np.array([r["test_accuracy"] for r in results])
         echo(f"seeds {', '.join(map(str, settings.seeds))}: test accuracy {accuracies.mean():.2f} ± "
              f"{accuracies.std(ddof=1):.2f} (mean ± sample std, n={len(results)})")

@@ -28,6 +28,7 @@ from torch import nn
 
 from .config import FeatureConfig
 from .data import ImageSet, to_model_range
+from .distributed import broadcast_flag, current_world, gather_rows, shard_bounds
 from .errors import UserError
 from .models import Discriminator
 from .runtime import progress
@@ -124,24 +125,44 @@ def cache_key(checkpoint_sha256: str, spec: PoolingSpec, data: ImageSet, bn_stat
             "split": data.split, "num_images": len(data), "data_sha256": data.fingerprint(), "bn_stats": bn_stats}))
 
 
+def extract_shared(extractor: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,
+                   label: str | None) -> np.ndarray | None:
+    """:func:`extract`, with the rows shared out over the ranks under torchrun (in whole batches, so each rank's
+    batches are the one-process pass's) and put back together on rank 0; None on the other ranks."""
+    world = current_world()
+    if world.size == 1:
+        return extract(extractor, images, batch_size, device, label=label)
+    start, end = shard_bounds(len(images), world, batch_size)
+    mine = extract(extractor, images[start:end], batch_size, device, label=label if world.is_main else None)
+    if mine.size == 0:  # a rank with no rows still needs the feature width to take part in the gather
+        mine = np.empty((0, extract(extractor, images[:1], 1, device).shape[1]), np.float32)
+    return gather_rows(mine, len(images), batch_size)
+
+
 def cached_features(extractor: nn.Module, data: ImageSet, key: dict[str, Any], cache_dir: str | Path | None,
-                    batch_size: int, device: torch.device) -> FeatureSet:
+                    batch_size: int, device: torch.device) -> FeatureSet | None:
     """Load features for ``key`` from ``cache_dir`` if an entry with exactly that key exists, else
-    extract and store them. The feature matrix comes back memory-mapped when cached."""
+    extract and store them. The feature matrix comes back memory-mapped when cached. Under torchrun the ranks
+    share the extraction and rank 0 alone reads and writes the cache; the others get None."""
     if data.labels is None:
         raise UserError(f"{data.name} {data.split} has no labels; evaluation needs a labelled dataset")
     label = f"features: {data.name} {data.split}"
     labels = data.labels.numpy()
     if cache_dir is None:
-        return FeatureSet(extract(extractor, data.images, batch_size, device, label=label), labels,
-                          np.arange(len(data)), False)
+        features = extract_shared(extractor, data.images, batch_size, device, label)
+        return FeatureSet(features, labels, np.arange(len(data)), False) if features is not None else None
     entry = Path(cache_dir) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    if entry.parent.is_dir():
-        remove_stale_temporaries(entry.parent)
-    hit = _read_entry(entry, key)
-    if hit is not None:
+    world = current_world()
+    hit = None
+    if world.is_main:
+        if entry.parent.is_dir():
+            remove_stale_temporaries(entry.parent)
+        hit = _read_entry(entry, key)
+    if broadcast_flag(hit is not None):
         return hit
-    features = extract(extractor, data.images, batch_size, device, label=label)
+    features = extract_shared(extractor, data.images, batch_size, device, label)
+    if features is None:
+        return None  # another rank than 0: its share went to rank 0
     _write_entry(entry, key, features, labels)
     stored = _read_entry(entry, key)  # memory-mapped like any hit, so the extracted copy is freed on return
     if stored is None:

@@ -125,3 +125,25 @@ def test_resuming_with_another_number_of_processes_says_so(tmp_path, config, two
     done = launch(tmp_path, longer, run, ranks=1)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "trained with 2 process(es) and resumes with 1" in done.stdout
+
+
+def test_two_rank_evaluate_makes_the_same_cache_entry_and_result(tmp_path, two_ranks):
+    two, _ = two_ranks
+    exe = shutil.which("dcgan-features") or str(Path(sys.executable).parent / "dcgan-features")
+    common = ["evaluate", "--checkpoint", str(two), "--set", "features.batch_size=64", "--set", "svm.c_grid=[0.01]"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    for name, launcher in (("one", [exe]), ("two", [*torchrun(), "-m", "dcgan_features"])):
+        done = subprocess.run([*launcher, *common, "--cache-dir", str(tmp_path / name / "cache"), "--results-dir",
+                               str(tmp_path / name / "results")], capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("test accuracy at C=") == 1  # rank 0 alone reports
+    entries = {name: sorted((tmp_path / name / "cache").iterdir()) for name in ("one", "two")}
+    assert [p.name for p in entries["one"]] == [p.name for p in entries["two"]] and len(entries["one"]) == 2
+    for a, b in zip(entries["one"], entries["two"]):
+        for file in sorted(p.name for p in a.iterdir()):
+            assert (a / file).read_bytes() == (b / file).read_bytes(), file
+    results = {name: json.loads(next((tmp_path / name / "results").glob("*.json")).read_text()) for name in entries}
+    for key in ("test_accuracy", "chosen_C", "feature_dim", "n_train"):
+        assert results["one"][key] == results["two"][key], key
+    scores = {name: [(row["C"], row["val_accuracy"]) for row in r["validation"]] for name, r in results.items()}
+    assert scores["one"] == scores["two"]
