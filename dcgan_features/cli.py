@@ -21,6 +21,7 @@ from .config import (
     load_config,
     parse_set_option,
 )
+from .distributed import shutdown_world
 from .errors import UserError
 
 
@@ -103,7 +104,10 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
                            train__epochs=epochs, train__batch_size=batch_size, train__seed=seed, train__device=device)
     config = load_config(config_path, overrides)
     out = out or f"runs/{config.data.dataset}-seed{config.train.seed}"
-    run_pretrain(config, out, force=force, echo=click.echo, make_probe=FeatureProbe)
+    try:
+        run_pretrain(config, out, force=force, echo=click.echo, make_probe=FeatureProbe)
+    finally:
+        shutdown_world()
 
 
 class SeedsCommand(click.Command):
@@ -178,8 +182,11 @@ def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_clas
                           val_size=val_size, baseline=baseline or "", device=device, seeds=tuple(seeds),
                           dataset=dataset or "", root=data_root or "", select=select)
     overrides = _overrides(set_pairs, data__download=download, svm__solver=solver, features__bn_stats=bn_stats)
-    evaluate_seeds(checkpoint, settings, config_path=config_path, overrides=overrides, results_dir=results_dir,
-                   cache_dir=cache_dir or default_cache_dir(), force=force, echo=click.echo)
+    try:
+        evaluate_seeds(checkpoint, settings, config_path=config_path, overrides=overrides, results_dir=results_dir,
+                       cache_dir=cache_dir or default_cache_dir(), force=force, echo=click.echo)
+    finally:
+        shutdown_world()
 
 
 @cli.command()

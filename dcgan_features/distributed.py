@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import numpy as np
 import torch
@@ -60,8 +61,16 @@ def init_world(device: torch.device) -> tuple[World, torch.device]:
         device = torch.device("cuda", world.local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # Long: under evaluate the other ranks wait while rank 0 fits the SVM (an hour at the paper's scale).
+        # A failed process does not leave the others waiting that long: torchrun stops them all.
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=6))
     return world, device
+
+
+def shutdown_world() -> None:
+    """Leave the process group (at the end of a command), so no rank exits with the group's threads running."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def current_world() -> World:

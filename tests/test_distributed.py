@@ -20,6 +20,7 @@ import torch
 torch.set_num_threads(1)
 import dcgan_features.train as train
 from dcgan_features.config import Config
+from dcgan_features.distributed import shutdown_world
 
 kill_at, run, raw = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 if kill_at and os.environ.get("RANK") == "1":
@@ -30,7 +31,10 @@ if kill_at and os.environ.get("RANK") == "1":
             os.kill(os.getpid(), signal.SIGKILL)
         return real_step(*args)
     train.train_step = step
-train.pretrain(Config.from_dict(json.loads(raw)), run, echo=print)
+try:
+    train.pretrain(Config.from_dict(json.loads(raw)), run, echo=print)
+finally:
+    shutdown_world()
 """
 
 
