@@ -22,10 +22,10 @@ from .errors import UserError
 from .results import (
     CHECKS_DIR,
     NOT_EXPERIMENT_KEYS,
-    SCHEMA,
     experiment_identity,
     flat_config,
     identity_hash,
+    result_files,
     unfinished,
 )
 
@@ -37,16 +37,8 @@ COLUMNS = ["change", "epochs", "pretrain min", "features", "val acc (%)", "vs re
 
 def load_validation_results(folder: str | Path) -> list[dict[str, Any]]:
     """Every validation-protocol result JSON under ``folder`` (outside ``checks/`` folders)."""
-    found = []
-    for path in sorted(Path(folder).rglob("*.json")):
-        if CHECKS_DIR in path.relative_to(folder).parts[:-1]:
-            continue
-        try:
-            result = json.loads(path.read_text())
-        except (OSError, ValueError):
-            raise UserError(f"{path} is not readable JSON; it may be truncated") from None
-        if isinstance(result, dict) and result.get("schema") == SCHEMA and result.get("protocol") == "validation":
-            found.append(result | {"file": str(path)})
+    found = [result | {"file": str(path)} for path, result in result_files(folder)
+             if result.get("protocol") == "validation"]
     if not found:
         raise UserError(f"no validation-protocol results under {folder}; "
                         "make them with `dcgan-features evaluate --protocol validation`")

@@ -12,7 +12,7 @@ import hashlib
 import json
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pandas as pd
 
@@ -132,18 +132,26 @@ def identity_hash(identity: dict[str, Any]) -> str:
 CHECKS_DIR = "checks"  # reruns that check a committed result: they repeat its seeds, so the report leaves them out
 
 
-def load_results(results_dir: str | Path) -> pd.DataFrame:
-    """Every result JSON under ``results_dir`` as one row, except those under a ``checks/`` folder and those of
-    the validation protocol (they choose recipes; the report holds test accuracy only)."""
-    rows = []
-    for path in sorted(Path(results_dir).rglob("*.json")):
-        if CHECKS_DIR in path.relative_to(results_dir).parts[:-1]:
+def result_files(folder: str | Path) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Every result file under ``folder`` (other JSON files skipped), with its path, in path order, except those
+    under a ``checks/`` folder; a file that is not readable JSON is an error, not a silent gap."""
+    for path in sorted(Path(folder).rglob("*.json")):
+        if CHECKS_DIR in path.relative_to(folder).parts[:-1]:
             continue
         try:
             result = json.loads(path.read_text())
         except (OSError, ValueError):
             raise UserError(f"{path} is not readable JSON; it may be truncated") from None
-        if isinstance(result, dict) and result.get("schema") == SCHEMA and result["protocol"] != "validation":
+        if isinstance(result, dict) and result.get("schema") == SCHEMA:
+            yield path, result
+
+
+def load_results(results_dir: str | Path) -> pd.DataFrame:
+    """Every result JSON under ``results_dir`` as one row, except those under a ``checks/`` folder and those of
+    the validation protocol (they choose recipes; the report holds test accuracy only)."""
+    rows = []
+    for path, result in result_files(results_dir):
+        if result["protocol"] != "validation":
             rows.append({"pretrain_data": result["pretrain"]["dataset"],
                          "architecture": result["pretrain"]["architecture"],
                          "eval_dataset": result["eval_dataset"], "protocol": result["protocol"],
