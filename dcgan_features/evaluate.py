@@ -49,8 +49,10 @@ def evaluation_config(stored: Config, config_path: str | Path | None, overrides:
         raw = read_config_file(config_path)
         from_file = Config.from_dict(raw, str(config_path))  # refuses unknown keys and wrong types
         if from_file.model != stored.model:
-            raise UserError(f"{config_path} describes the architecture {architecture_name(from_file.model)}, but the "
-                            f"checkpoint holds {architecture_name(stored.model)}; use the checkpoint's own config")
+            differ = [f"model.{k}: {v!r} in the file, {getattr(stored.model, k)!r} in the checkpoint"
+                      for k, v in vars(from_file.model).items() if getattr(stored.model, k) != v]
+            raise UserError(f"{config_path} describes another architecture than the checkpoint's "
+                            f"({'; '.join(differ)}); leave out --config to use the checkpoint's own")
         for section in EVALUATION_SECTIONS:
             merged[section].update({k: v for k, v in from_file.to_dict()[section].items() if k in raw.get(section, {})})
     if any(key.startswith("model.") for key in overrides):

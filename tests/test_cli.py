@@ -90,7 +90,8 @@ def test_bad_input_gets_one_line(tmp_path, tiny_run):
     assert "must be int" in fail("pretrain", "--set", "train.epochs=many", "--out", tmp_path / "z")
     assert "config file" in fail("pretrain", "--config", tmp_path / "missing.toml")
     assert "does not exist" in fail("evaluate", "--checkpoint", tmp_path / "missing.pt")
-    assert "architecture" in fail("evaluate", "--checkpoint", tiny_run, "--config", ROOT / "configs" / "cifar10.toml")
+    assert "model.width: 64 in the file, 8 in the checkpoint" in fail("evaluate", "--checkpoint", tiny_run, "--config",
+                                                                ROOT / "configs" / "cifar10.toml")
     assert "c_grid is empty" in fail("evaluate", "--checkpoint", tiny_run, "--set", "svm.c_grid=[]")
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "readme.txt").write_text("not an image")
