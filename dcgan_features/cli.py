@@ -104,10 +104,8 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
                            train__epochs=epochs, train__batch_size=batch_size, train__seed=seed, train__device=device)
     config = load_config(config_path, overrides)
     out = out or f"runs/{config.data.dataset}-seed{config.train.seed}"
-    try:
-        run_pretrain(config, out, force=force, echo=click.echo, make_probe=FeatureProbe)
-    finally:
-        shutdown_world()
+    run_pretrain(config, out, force=force, echo=click.echo, make_probe=FeatureProbe)
+    shutdown_world()  # on success only: after a failure a barrier could wait for a rank that is gone
 
 
 class SeedsCommand(click.Command):
@@ -182,11 +180,9 @@ def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_clas
                           val_size=val_size, baseline=baseline or "", device=device, seeds=tuple(seeds),
                           dataset=dataset or "", root=data_root or "", select=select)
     overrides = _overrides(set_pairs, data__download=download, svm__solver=solver, features__bn_stats=bn_stats)
-    try:
-        evaluate_seeds(checkpoint, settings, config_path=config_path, overrides=overrides, results_dir=results_dir,
-                       cache_dir=cache_dir or default_cache_dir(), force=force, echo=click.echo)
-    finally:
-        shutdown_world()
+    evaluate_seeds(checkpoint, settings, config_path=config_path, overrides=overrides, results_dir=results_dir,
+                   cache_dir=cache_dir or default_cache_dir(), force=force, echo=click.echo)
+    shutdown_world()
 
 
 @cli.command()

@@ -68,8 +68,10 @@ def init_world(device: torch.device) -> tuple[World, torch.device]:
 
 
 def shutdown_world() -> None:
-    """Leave the process group (at the end of a command), so no rank exits with the group's threads running."""
+    """Leave the process group at the end of a command, all ranks together (a rank leaving alone can hang or
+    abort at exit, as Gloo's threads of torch 2.4 did), so no rank exits with the group's threads running."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -31,10 +31,8 @@ if kill_at and os.environ.get("RANK") == "1":
             os.kill(os.getpid(), signal.SIGKILL)
         return real_step(*args)
     train.train_step = step
-try:
-    train.pretrain(Config.from_dict(json.loads(raw)), run, echo=print)
-finally:
-    shutdown_world()
+train.pretrain(Config.from_dict(json.loads(raw)), run, echo=print)
+shutdown_world()
 """
 
 
