@@ -103,14 +103,16 @@ def _seed_list(seeds: pd.Series) -> str:
 
 
 def render_ablations(table: pd.DataFrame) -> pd.DataFrame:
-    """The shown table: best first, differences to the reference row, and close calls resting on one seed marked."""
+    """The shown table: by training length, then best first; differences to the reference row; close calls resting
+    on one result marked (within each training length)."""
     reference = table[table["change"] == "reference"]
     base = reference["mean"].iloc[0] if len(reference) else None
-    best = table["mean"].max()
-    shown = table.sort_values("mean", ascending=False).copy()
+    shown = table.sort_values(["epochs", "mean"], ascending=False).copy()  # rows of one training length together
+    best = shown.groupby("epochs", dropna=False)["mean"].transform("max")
+    peers = shown.groupby("epochs", dropna=False)["mean"].transform("size")
     shown["val acc (%)"] = [f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}" + (" (1 seed, close call)"
-                            if best - m < CLOSE_CALL and len(table) > 1 else "")
-                            for m, s, n in zip(shown["mean"], shown["std"], shown["n"])]
+                            if top - m < CLOSE_CALL and k > 1 else "")
+                            for m, s, n, top, k in zip(shown["mean"], shown["std"], shown["n"], best, peers)]
     shown["vs reference"] = ["" if base is None else f"{m - base:+.2f}" for m in shown["mean"]]
     shown["pretrain min"] = [f"{s / 60:.1f}" if s == s and s is not None else "-" for s in shown["train_s"]]
     shown["seeds"] = shown["seeds"] + " / " + shown.pop("eval_seeds")
@@ -121,9 +123,10 @@ def render_ablations(table: pd.DataFrame) -> pd.DataFrame:
 FOOTNOTE = ("Validation accuracy (%) of the full protocol's C sweep on a stratified 45,000 / 5,000 split of the "
             "CIFAR-10 training set (`evaluate --protocol validation`); no test image was read. `change` lists the "
             "config keys in which a row differs from the reference config; ± is the sample std over the row's "
-            "results, whose pretraining / evaluation seeds `seeds` lists. Rows within {close} point of the best "
-            "that rest on one result are marked: they are not ranked yet. `pretrain min` is the training wall "
-            "time recorded in the checkpoint; `commit` is pretraining / evaluation.")
+            "results, whose pretraining / evaluation seeds `seeds` lists. Rows are grouped by training length; "
+            "rows within {close} point of the best of their length that rest on one result are marked: not ranked "
+            "yet. `pretrain min` is the training wall time recorded in the checkpoint; `commit` is pretraining / "
+            "evaluation.")
 
 
 def write_ablations(folder: str | Path, reference_path: str | Path, out_stem: str | Path) -> tuple[str, Path, Path]:

@@ -206,8 +206,9 @@ def report(results_dir, out, readme):
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--reference", required=True, type=click.Path(dir_okay=False),
               help="The config each row's change is stated against (e.g. configs/cifar10_dcgan.toml).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Path without suffix: OUT.md and OUT.csv are written (e.g. results/ablations/cifar10).")
+@click.option("--out", required=True, type=click.Path(),
+              help="Path without suffix: OUT.md and OUT.csv are written (e.g. results/ablations/cifar10, beside the "
+                   "folder of the same name).")
 def ablations(folder, reference, out):
     """Tabulate the validation-protocol results under FOLDER: one row per recipe, mean ± std over seeds."""
     from .ablations import write_ablations
