@@ -117,13 +117,19 @@ def mean_over_ranks(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return dict(zip(values, stacked))
 
 
+def _on_backend_device(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` where the process group's backend can move it: NCCL moves CUDA tensors only, Gloo any."""
+    if dist.get_backend() == "nccl":
+        return tensor.to(torch.device("cuda", torch.cuda.current_device()))
+    return tensor
+
+
 def gather_states(state: torch.Tensor) -> list[torch.Tensor]:
     """Every rank's copy of a (same-shaped) tensor, in rank order: e.g. each rank's RNG state, for rank 0 to save."""
     if current_world().size == 1:
         return [state]
     home = state.device
-    if dist.get_backend() == "nccl":  # NCCL moves CUDA tensors only
-        state = state.to(torch.device("cuda", torch.cuda.current_device()))
+    state = _on_backend_device(state)
     out = [torch.empty_like(state) for _ in range(dist.get_world_size())]
     dist.all_gather(out, state)
     return [t.to(home) for t in out]
@@ -175,8 +181,7 @@ def gather_rows(rows: np.ndarray, n: int, multiple: int) -> np.ndarray | None:
     padded = torch.zeros((longest, *rows.shape[1:]), dtype=torch.from_numpy(rows).dtype)
     padded[:len(rows)] = torch.from_numpy(rows)
     home = padded.device
-    if dist.get_backend() == "nccl":
-        padded = padded.to(torch.device("cuda", torch.cuda.current_device()))
+    padded = _on_backend_device(padded)
     received = [torch.empty_like(padded) for _ in range(world.size)] if world.is_main else None
     dist.gather(padded, received, dst=0)
     if not world.is_main:

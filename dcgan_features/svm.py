@@ -326,12 +326,10 @@ def training_rows(features: np.ndarray, labels: np.ndarray, rows: np.ndarray,
     """The rows an SVM is fitted on: ``features[rows]`` as float32, followed, when ``mirrored`` (the features of
     the same images flipped left-right, ``svm.train_hflip``) is given, by the same rows of it; and their labels.
     Only fitting rows are ever mirrored: validation and test rows are the images as they are."""
-    x = read_rows(features, rows)
     if mirrored is None:
-        return x, labels[rows]
-    both = np.empty((2 * len(rows), *x.shape[1:]), np.float32)
-    both[:len(rows)] = x
-    del x
+        return read_rows(features, rows), labels[rows]
+    both = np.empty((2 * len(rows), *features.shape[1:]), np.float32)  # each half read straight into place
+    read_rows(features, rows, out=both[:len(rows)])
     read_rows(mirrored, rows, out=both[len(rows):])
     return both, np.concatenate([labels[rows], labels[rows]])
 

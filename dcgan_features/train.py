@@ -136,9 +136,10 @@ def pretrain(config: Config, run_dir: str | Path, *, force: bool = False, echo: 
     if config.train.batch_size % world.size:
         raise UserError(f"train.batch_size {config.train.batch_size} (the global batch) does not split evenly over "
                         f"{world.size} processes")
-    on_main(prepare_run, run_dir, config, force)
+    payload = on_main(prepare_run, run_dir, config, force)  # rank 0 reads the checkpoint while checking it
     barrier()  # the run directory is ready (and a --force has cleared it) before any rank reads it
-    payload = load_checkpoint(run_dir / TRAINING_FILE) if (run_dir / TRAINING_FILE).exists() else None
+    if not world.is_main and (run_dir / TRAINING_FILE).exists():
+        payload = load_checkpoint(run_dir / TRAINING_FILE)
     data = load_images(config.data.dataset, config.data.root, "train", image_size=config.model.image_size,
                        channels=config.model.channels, download=config.data.download)
     steps_per_epoch = len(data) // config.train.batch_size

@@ -15,7 +15,6 @@ from ..checkpoint import (
     DISCRIMINATOR_FILE,
     GENERATOR_FILE,
     TRAINING_FILE,
-    config_of,
     load_checkpoint,
     load_discriminator,
     load_state,
@@ -64,8 +63,7 @@ def load_models(path: str | Path, device: torch.device) -> Models:
     discriminator, config = load_discriminator(payload, str(path))
     generator = Generator(config.model)
     load_state(generator, payload["generator"], str(path), "generator")
-    return Models(generator.to(device).eval(), discriminator.to(device).eval(), config_of(payload, str(path)), path,
-                  sha256_file(path))
+    return Models(generator.to(device).eval(), discriminator.to(device).eval(), config, path, sha256_file(path))
 
 
 @torch.no_grad()
