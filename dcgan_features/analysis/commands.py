@@ -102,11 +102,12 @@ def walk(checkpoint, samples_dir, pairs, rows, steps, seed, out, force, device):
         if any(len(p) != 2 for p in chosen):
             raise UserError("--pair takes two sample numbers, A,B")
         endpoints = torch.stack([read_handles(samples_dir, p) for p in chosen])
+        origin = f"sample pairs {' '.join(pairs)} of {samples_dir}"
     else:
         if rows < 1:
             raise UserError("--rows must be at least 1")
-        endpoints = random_endpoints(models, rows, seed)
-    summary = run_walk(models, endpoints, steps, prepare_out(out, "walk", force))
+        endpoints, origin = random_endpoints(models, rows, seed), f"random, seed {seed}"
+    summary = run_walk(models, endpoints, steps, prepare_out(out, "walk", force), origin)
     click.echo(f"{summary['rows']} walks of {steps} steps: largest step / mean step "
                f"{summary['mean_pixel_max_over_mean']:.2f} in pixels, {summary['mean_feature_max_over_mean']:.2f} "
                f"in D's features -> {Path(out) / 'walk.png'}")

@@ -46,9 +46,10 @@ def smoothness(sequence: torch.Tensor) -> tuple[list[float], float]:
     return change.tolist(), float(change.max() / change.mean().clamp_min(1e-12))
 
 
-def walk(models: Models, endpoints: torch.Tensor, steps: int, out_dir: str | Path) -> dict:
+def walk(models: Models, endpoints: torch.Tensor, steps: int, out_dir: str | Path, origin: str = "given") -> dict:
     """One row per pair of endpoints (pairs, 2, dim): the grid ``walk.png`` and ``walk.json`` with the smoothness
-    per step in pixels and in D's features, per row, and the rows' mean."""
+    per step in pixels and in D's features, per row, and the rows' mean; ``origin`` says where the endpoints came
+    from (sample numbers, or the seed they were drawn with)."""
     out_dir = Path(out_dir)
     z = torch.cat([interpolate(a, b, steps, models.config.model.z_distribution) for a, b in endpoints])
     images = generate(models.generator, z)
@@ -62,7 +63,7 @@ def walk(models: Models, endpoints: torch.Tensor, steps: int, out_dir: str | Pat
                      "feature_change": feats, "feature_max_over_mean": feature_ratio})
     kind = "spherical" if models.config.model.z_distribution == "normal" else "linear"
     figure_path = _grid(images, len(endpoints), steps, out_dir / "walk.png", f"latent walks, {steps} steps ({kind})")
-    summary = {"steps": steps, "rows": len(endpoints), "interpolation": kind,
+    summary = {"steps": steps, "rows": len(endpoints), "endpoints": origin, "interpolation": kind,
                "mean_pixel_max_over_mean": float(np.mean([r["pixel_max_over_mean"] for r in rows])),
                "mean_feature_max_over_mean": float(np.mean([r["feature_max_over_mean"] for r in rows])),
                "per_row": rows, "grid": figure_path.name,

@@ -70,7 +70,7 @@ def memorisation_check(models: Models, train: ImageSet, held_out: ImageSet, n: i
                            "median_held_out": float(d_held.median())}
     flagged = any(m["fraction_nearer_than_held_out"] > FLAG_FRACTION for m in measured.values())
     figure = _figure(generated, train.images, neighbours, out_dir / "memorisation.png")
-    summary = {"n_generated": len(generated), "n_held_out": len(held), "n_train": len(train),
+    summary = {"n_generated": len(generated), "seed": seed, "n_held_out": len(held), "n_train": len(train),
                "percentile": percentile, "flag_fraction": FLAG_FRACTION, "flagged": flagged, **measured,
                "held_out": f"{held_out.name} {held_out.split} images (labels not read)", "figure": figure.name}
     write_record(out_dir / "memorisation.json", models, **summary)
