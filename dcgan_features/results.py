@@ -17,7 +17,7 @@ from typing import Any, Iterator
 import pandas as pd
 
 from .artifacts import atomic_path, read_json, write_json
-from .config import Config, ModelConfig
+from .config import Config, ModelConfig, load_config, parse_set_option
 from .errors import UserError
 
 SCHEMA = "dcgan-features/result/v1"
@@ -236,16 +236,53 @@ def recipe_labels(table: pd.DataFrame) -> list[str]:
 
 def config_name(result: dict[str, Any]) -> str:
     """The config file a result's D was trained from (for a baseline: evaluated with), read off the command
-    that did it; ``imported`` for a converted release, ``defaults`` when no ``--config`` was given."""
+    that did it; ``imported`` for a converted release, ``defaults`` when no ``--config`` was given. When that
+    file, read today with the command's overrides, would build or train a different model than the result's
+    stored config (the file was changed since, as ``cifar10.toml`` was by issue 12), the name says ``as of``
+    the commit the command ran at, so an old row never borrows a newer recipe's name."""
     if result.get("checkpoint", {}).get("kind") == "imported":
         return "imported"
-    command = result.get("command") or ""
+    command, commit = result.get("command") or "", result.get("git_commit") or ""
     if not result.get("baseline"):
         history = result["pretrain"].get("provenance") or [{}]
-        command = (history[0] if isinstance(history, list) else history).get("command") or ""
+        first = history[0] if isinstance(history, list) else history
+        command, commit = first.get("command") or "", first.get("git_commit") or ""
     words = shlex.split(command)
     named = [words[i + 1] for i, word in enumerate(words[:-1]) if word == "--config"]
-    return Path(named[-1]).name if named else "defaults"
+    if not named:
+        return "defaults"
+    name = Path(named[-1]).name
+    baseline = result.get("baseline")
+    sections = () if baseline == "pixels" else ("model",) if baseline else ("model", "train")
+    if _file_now_differs(named[-1], words, result.get("config", {}), sections):
+        return f"{name} as of {commit[:7] or 'an unknown commit'}"
+    return name
+
+
+# The pretrain flags that override config keys (the rest are where and how to run, or --set).
+_CONFIG_FLAGS = {"--epochs": "train.epochs", "--batch-size": "train.batch_size", "--dataset": "data.dataset"}
+
+
+def _file_now_differs(path: str, words: list[str], stored: dict[str, Any], sections: tuple[str, ...]) -> bool:
+    """Whether the config file at ``path`` (relative to the working directory; a missing file tells nothing),
+    with the command's overrides, now differs from ``stored`` in the experiment keys of ``sections`` (the
+    training length aside: a resumed run may change it)."""
+    if not sections or not Path(path).is_file():
+        return False
+    overrides: dict[str, Any] = {}
+    for flag, value in zip(words, words[1:]):
+        if flag == "--set":
+            key, parsed = parse_set_option(value)
+            overrides[key] = parsed
+        elif flag in _CONFIG_FLAGS:
+            overrides[_CONFIG_FLAGS[flag]] = int(value) if value.isdigit() else value
+    try:
+        now = flat_config(load_config(path, overrides).to_dict())
+    except UserError:
+        return True
+    then = flat_config(stored)
+    return any(now[k] != then.get(k) for k in now if k.split(".")[0] in sections
+               and k not in NOT_EXPERIMENT_KEYS and k != "train.epochs")
 
 
 # Radford, Metz & Chintala (2015), Tables 1 and 2, shown beside our rows and never computed here.

@@ -6,7 +6,21 @@ import json
 import pytest
 
 from dcgan_features.config import Config
-from dcgan_features.results import NOT_EXPERIMENT_KEYS, SCHEMA, load_results, report_table, write_report
+from dcgan_features.results import (
+    NOT_EXPERIMENT_KEYS,
+    SCHEMA,
+    config_name,
+    load_results,
+    report_table,
+    write_report,
+)
+
+
+@pytest.fixture(autouse=True)
+def away_from_the_repository(tmp_path, monkeypatch):
+    """Commands name configs/cifar10.toml; run where no such file is, so the repository's own recipe (which
+    changes) never enters a test, except where a test writes one."""
+    monkeypatch.chdir(tmp_path)
 
 
 def result(seed=0, accuracy=0.7, **changes):
@@ -97,3 +111,21 @@ def test_a_repeated_measurement_is_refused_and_checks_are_left_out(tmp_path):
     (tmp_path / "checks" / "rerun.json").write_text(json.dumps(result(seed=0, accuracy=0.71)))
     table = report_table(load_results(tmp_path))
     assert table["n"].tolist() == [1] and table["mean"].tolist() == [70.0]
+
+
+def test_a_config_file_changed_since_the_run_is_named_with_the_runs_commit(tmp_path):
+    (tmp_path / "configs").mkdir()
+    recipe = tmp_path / "configs" / "cifar10.toml"
+    recipe.write_text('[data]\ndataset = "cifar10"\n')  # what the run used: the defaults
+    trained = result()
+    trained["pretrain"]["provenance"][0]["git_commit"] = "abc1234def"
+    assert config_name(trained) == "cifar10.toml"
+    recipe.write_text('[data]\ndataset = "cifar10"\n[model]\nwidth = 96\n')  # the recipe changed since
+    assert config_name(trained) == "cifar10.toml as of abc1234"
+    overridden = result(config__model__width=96)  # the command's own --set made it what the file says now
+    overridden["pretrain"]["provenance"][0]["command"] += " --set model.width=96"
+    assert config_name(overridden) == "cifar10.toml"
+    # the training length alone makes no other recipe (a resumed run may change it)
+    longer = result(config__model__width=96, config__train__epochs=40)
+    longer["pretrain"]["provenance"][0]["command"] += " --set model.width=96"
+    assert config_name(longer) == "cifar10.toml"
