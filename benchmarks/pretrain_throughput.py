@@ -8,6 +8,11 @@ update). The reference keeps PyTorch's default NCHW layout and the default Adam.
 for ``--repeats`` rounds (reversed on odd rounds), so a busy spell on the machine hits all of them; the
 ratio is of the medians. Two ablations are reported beside it and not counted: our loop with the default
 Adam, and with ``train.bf16`` (off by default).
+
+The model is the one ``--config`` builds (the default recipe, ``configs/cifar10.toml``). The loops compared
+all train it with the plain GAN objective, the reference's; the config's own extras (the rotation loss,
+DiffAugment, another loss) are timed in one more row, not counted in the ratio, so their cost shows apart
+from the loop's.
 Writes results/benchmarks/pretrain_throughput.{md,csv}.
 
     python benchmarks/pretrain_throughput.py --data-root /work/data --steps 100 --repeats 5
@@ -18,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -28,6 +34,7 @@ from torchvision import transforms
 
 from dcgan_features.config import apply_overrides, load_config
 from dcgan_features.data import load_images, to_model_range
+from dcgan_features.results import architecture_name
 from dcgan_features.runtime import resolve_device
 from dcgan_features.train import new_state, train_step
 
@@ -109,13 +116,16 @@ def run_rounds(loops: dict, repeats: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/cifar10.toml", help="the model and recipe to time")
     parser.add_argument("--data-root", default="data")
     parser.add_argument("--dataset", default="cifar10")
     parser.add_argument("--steps", type=int, default=100, help="timed steps per loop and round")
     parser.add_argument("--repeats", type=int, default=5, help="rounds, each running both loops")
     parser.add_argument("--out", default="results/benchmarks")
     args = parser.parse_args()
-    config = load_config(None, {"data.dataset": args.dataset, "data.root": args.data_root})
+    recipe = load_config(args.config, {"data.dataset": args.dataset, "data.root": args.data_root})
+    # the reference's objective on the recipe's model: what the loops are compared on
+    config = apply_overrides(recipe, {"train.loss": "bce", "train.diffaugment": [], "train.rotation_weight": 0.0})
     plain = apply_overrides(config, {"train.channels_last": False})  # the reference's default layout
     bf16 = apply_overrides(config, {"train.bf16": True})
     device = resolve_device("auto")
@@ -132,6 +142,9 @@ def main() -> None:
                                                              data, config, device, args.steps),
              "dcgan-features, train.bf16 (off by default)": lambda: our_loop(new_state(bf16, device), data, bf16,
                                                                             device, args.steps)}
+    if recipe != config:
+        loops[f"dcgan-features, {Path(args.config).name} as trained (its extra losses)"] = (
+            lambda: our_loop(new_state(recipe, device), data, recipe, device, args.steps))
     runs = pd.DataFrame(run_rounds(loops, args.repeats))
     medians = runs.groupby("loop")["img_per_s"].agg(["median", "min", "max"]).reindex(list(loops)).reset_index()
     medians["ratio to reference"] = (medians["median"] / medians["median"].iloc[0]).round(2)
@@ -139,7 +152,8 @@ def main() -> None:
     per_round = runs.pivot(index="round", columns="loop", values="img_per_s")
     round_ratios = per_round["dcgan-features"] / per_round["reference (pytorch/examples style)"]
     write_table(args.out, "pretrain_throughput",
-                f"Pretraining throughput (img/s), {args.dataset}, default model (D 64-128-256, batch 128), "
+                f"Pretraining throughput (img/s), {args.dataset}, {Path(args.config).name}'s model "
+                f"({architecture_name(config.model)}, batch {config.train.batch_size}), plain GAN objective, "
                 f"{args.steps} timed steps per loop after 3 warm-up steps, {args.repeats} alternating rounds, {device}",
                 medians.rename(columns={"median": "median img/s", "min": "min", "max": "max"}),
                 f"Ratio of medians (ours / reference): {ratio:.2f}x. Per-round ratios: "

@@ -33,6 +33,7 @@ from .svm import (
     read_rows,
     scale_in_place,
     select_c,
+    starting_from,
     training_rows,
 )
 
@@ -86,7 +87,8 @@ def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factor
         scale_in_place(X, scaler)
     start = time.perf_counter()
     with progress(1, f"SVM: refit on {len(y):,} rows at C={selection.best_c:g}") as bar:
-        model = factory(selection.best_c).fit(X, y)
+        start_at = selection.solution if cfg.warm_refit else None
+        model = starting_from(factory(selection.best_c), start_at).fit(X, y)
         bar.update(1)
     refit_s = time.perf_counter() - start
     del X

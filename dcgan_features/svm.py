@@ -244,6 +244,7 @@ class Selection:
     n_fit: int
     n_val: int
     at_grid_edge: bool = False  # the best C is the grid's end and strictly beats its neighbour
+    solution: tuple[np.ndarray, np.ndarray] | None = None  # (coef, intercept) at best_c, from a warm-starting solver
 
 
 def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -350,7 +351,7 @@ def sweep_c(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.n
 
     The grid is swept from small to large C so a warm-starting solver starts near its answer;
     ties go to the smaller C (the stronger regularisation), as in :func:`choose_c`."""
-    table, model = {}, None
+    table, solutions, model = {}, {}, None
     last = ""
     with progress(len(cfg.c_grid), label, lambda: last) as bar:
         for C in sorted(cfg.c_grid):
@@ -359,10 +360,19 @@ def sweep_c(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.n
             accuracy = float(np.mean(model.predict(x_val) == y_val))
             table[C] = {"C": C, "val_accuracy": accuracy, "fit_seconds": round(time.perf_counter() - start, 3),
                         **convergence(model)}
+            if getattr(model, "warm_start", False):  # a solver that can start from a solution: keep each one
+                solutions[C] = (model.coef_.copy(), model.intercept_.copy())
             last = f"C={C:g}: {100 * accuracy:.2f}% on validation"
             bar.update(1)
     best, edge = choose_c({c: row["val_accuracy"] for c, row in table.items()})
-    return Selection(best, [table[C] for C in cfg.c_grid], len(y_fit), len(y_val), edge)
+    return Selection(best, [table[C] for C in cfg.c_grid], len(y_fit), len(y_val), edge, solutions.get(best))
+
+
+def starting_from(model, solution: tuple[np.ndarray, np.ndarray] | None):
+    """``model`` set to start its fit from ``solution`` (coef, intercept) where it can warm-start; else as it was."""
+    if solution is not None and getattr(model, "warm_start", False):
+        model.coef_, model.intercept_ = (array.copy() for array in solution)
+    return model
 
 
 def choose_c(val_accuracy: dict[float, float]) -> tuple[float, bool]:

@@ -122,6 +122,32 @@ def test_warm_start_reaches_the_same_solution():
     np.testing.assert_allclose(warm.coef_, cold.coef_, rtol=1e-3, atol=1e-5)
 
 
+def test_the_warm_refit_starts_from_the_sweeps_solution_and_reaches_the_same_optimum(monkeypatch):
+    from dcgan_features import protocols
+
+    X, y = blobs(n=1500, d=60)
+    starts, fitted = [], []
+    original = protocols.starting_from
+
+    def spy(model, solution):
+        starts.append(solution)
+        fitted.append(model)
+        return original(model, solution)
+
+    monkeypatch.setattr(protocols, "starting_from", spy)
+    outcomes = {}
+    for warm in (False, True):
+        cfg = SvmConfig(c_grid=(1e-3, 1e-2), tol=1e-5, warm_refit=warm)
+        factory = lambda C, cfg=cfg: make_classifier(cfg, C)  # noqa: E731
+        outcomes[warm] = run_full(X[:1200], y[:1200], X[1200:], y[1200:], cfg, 0, factory)
+    cold, warm = fitted
+    assert starts[0] is None and starts[1] is not None and starts[1][0].shape == warm.coef_.shape
+    assert warm.n_iter_ < cold.n_iter_  # it started near the optimum
+    scaled = standardise(X[:1200])[0]
+    C = outcomes[True].chosen_C
+    assert abs(total_objective(warm, scaled, y[:1200], C) / total_objective(cold, scaled, y[:1200], C) - 1) < 1e-5
+
+
 def test_validation_split_is_stratified_disjoint_and_seeded():
     y = np.arange(1000) % 10
     fit, val = validation_split(y, 0.1, seed=3)
