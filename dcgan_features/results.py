@@ -238,8 +238,9 @@ def config_name(result: dict[str, Any]) -> str:
     """The config file a result's D was trained from (for a baseline: evaluated with), read off the command
     that did it; ``imported`` for a converted release, ``defaults`` when no ``--config`` was given. When that
     file, read today with the command's overrides, would build or train a different model than the result's
-    stored config (the file was changed since, as ``cifar10.toml`` was by issue 12), the name says ``as of``
-    the commit the command ran at, so an old row never borrows a newer recipe's name."""
+    stored config (the file was changed since, as ``cifar10.toml`` was by issue 12), the row is named after a
+    config file beside it that still gives the stored recipe (``cifar10_dcgan.toml (was cifar10.toml)``), or else
+    ``as of`` the commit the command ran at, so an old row never borrows a newer recipe's name."""
     if result.get("checkpoint", {}).get("kind") == "imported":
         return "imported"
     command, commit = result.get("command") or "", result.get("git_commit") or ""
@@ -254,9 +255,14 @@ def config_name(result: dict[str, Any]) -> str:
     name = Path(named[-1]).name
     baseline = result.get("baseline")
     sections = () if baseline == "pixels" else ("model",) if baseline else ("model", "train")
-    if _file_now_differs(named[-1], words, result.get("config", {}), sections):
-        return f"{name} as of {commit[:7] or 'an unknown commit'}"
-    return name
+    stored = result.get("config", {})
+    if not _file_now_differs(named[-1], words, stored, sections):
+        return name
+    kept = [other for other in sorted(Path(named[-1]).parent.glob("*.toml"))
+            if not _file_now_differs(str(other), words, stored, sections)]
+    if kept:  # the recipe lives on under another name beside it
+        return f"{kept[0].name} (was {name})"
+    return f"{name} as of {commit[:7] or 'an unknown commit'}"
 
 
 # The pretrain flags that override config keys (the rest are where and how to run, or --set).

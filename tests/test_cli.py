@@ -91,7 +91,7 @@ def test_bad_input_gets_one_line(tmp_path, tiny_run):
     assert "config file" in fail("pretrain", "--config", tmp_path / "missing.toml")
     assert "does not exist" in fail("evaluate", "--checkpoint", tmp_path / "missing.pt")
     assert "model.width: 64 in the file, 8 in the checkpoint" in fail("evaluate", "--checkpoint", tiny_run, "--config",
-                                                                ROOT / "configs" / "cifar10.toml")
+                                                                ROOT / "configs" / "cifar10_dcgan.toml")
     assert "c_grid is empty" in fail("evaluate", "--checkpoint", tiny_run, "--set", "svm.c_grid=[]")
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "readme.txt").write_text("not an image")

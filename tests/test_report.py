@@ -122,6 +122,8 @@ def test_a_config_file_changed_since_the_run_is_named_with_the_runs_commit(tmp_p
     assert config_name(trained) == "cifar10.toml"
     recipe.write_text('[data]\ndataset = "cifar10"\n[model]\nwidth = 96\n')  # the recipe changed since
     assert config_name(trained) == "cifar10.toml as of abc1234"
+    (tmp_path / "configs" / "plain.toml").write_text('[data]\ndataset = "cifar10"\n')  # kept under a new name
+    assert config_name(trained) == "plain.toml (was cifar10.toml)"
     overridden = result(config__model__width=96)  # the command's own --set made it what the file says now
     overridden["pretrain"]["provenance"][0]["command"] += " --set model.width=96"
     assert config_name(overridden) == "cifar10.toml"
