@@ -255,11 +255,11 @@ def config_name(result: dict[str, Any]) -> str:
     name = Path(named[-1]).name
     baseline = result.get("baseline")
     sections = () if baseline == "pixels" else ("model",) if baseline else ("model", "train")
-    stored = result.get("config", {})
-    if not _file_now_differs(named[-1], words, stored, sections):
+    overrides, stored = _command_overrides(words), flat_config(result.get("config", {}))
+    if not _file_now_differs(named[-1], overrides, stored, sections):
         return name
     kept = [other for other in sorted(Path(named[-1]).parent.glob("*.toml"))
-            if not _file_now_differs(str(other), words, stored, sections)]
+            if not _file_now_differs(other, overrides, stored, sections)]
     if kept:  # the recipe lives on under another name beside it
         return f"{kept[0].name} (was {name})"
     return f"{name} as of {commit[:7] or 'an unknown commit'}"
@@ -269,12 +269,8 @@ def config_name(result: dict[str, Any]) -> str:
 _CONFIG_FLAGS = {"--epochs": "train.epochs", "--batch-size": "train.batch_size", "--dataset": "data.dataset"}
 
 
-def _file_now_differs(path: str, words: list[str], stored: dict[str, Any], sections: tuple[str, ...]) -> bool:
-    """Whether the config file at ``path`` (relative to the working directory; a missing file tells nothing),
-    with the command's overrides, now differs from ``stored`` in the experiment keys of ``sections`` (the
-    training length aside: a resumed run may change it)."""
-    if not sections or not Path(path).is_file():
-        return False
+def _command_overrides(words: list[str]) -> dict[str, Any]:
+    """The config overrides a recorded command line gave: its ``--set`` pairs and the flags in ``_CONFIG_FLAGS``."""
     overrides: dict[str, Any] = {}
     for flag, value in zip(words, words[1:]):
         if flag == "--set":
@@ -282,12 +278,21 @@ def _file_now_differs(path: str, words: list[str], stored: dict[str, Any], secti
             overrides[key] = parsed
         elif flag in _CONFIG_FLAGS:
             overrides[_CONFIG_FLAGS[flag]] = int(value) if value.isdigit() else value
+    return overrides
+
+
+def _file_now_differs(path: str | Path, overrides: dict[str, Any], stored: dict[str, Any],
+                      sections: tuple[str, ...]) -> bool:
+    """Whether the config file at ``path`` (relative to the working directory; a missing file tells nothing),
+    with ``overrides``, now differs from the flat ``stored`` config in the experiment keys of ``sections`` (the
+    training length aside: a resumed run may change it)."""
+    if not sections or not Path(path).is_file():
+        return False
     try:
         now = flat_config(load_config(path, overrides).to_dict())
     except UserError:
         return True
-    then = flat_config(stored)
-    return any(now[k] != then.get(k) for k in now if k.split(".")[0] in sections
+    return any(now[k] != stored.get(k) for k in now if k.split(".")[0] in sections
                and k not in NOT_EXPERIMENT_KEYS and k != "train.epochs")
 
 
