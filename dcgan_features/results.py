@@ -238,9 +238,10 @@ def config_name(result: dict[str, Any]) -> str:
     """The config file a result's D was trained from (for a baseline: evaluated with), read off the command
     that did it; ``imported`` for a converted release, ``defaults`` when no ``--config`` was given. When that
     file, read today with the command's overrides, would build or train a different model than the result's
-    stored config (the file was changed since, as ``cifar10.toml`` was by issue 12), the row is named after a
-    config file beside it that still gives the stored recipe (``cifar10_dcgan.toml (was cifar10.toml)``), or else
-    ``as of`` the commit the command ran at, so an old row never borrows a newer recipe's name."""
+    stored config (for a baseline: pool or fit the SVM otherwise), because the file was changed since (as
+    ``cifar10.toml`` was by issue 12), the row is named after a config file beside it that still gives the
+    stored recipe (``cifar10_dcgan.toml (was cifar10.toml)``), or else ``as of`` the commit the command ran at,
+    so an old row never borrows a newer recipe's name."""
     if result.get("checkpoint", {}).get("kind") == "imported":
         return "imported"
     command, commit = result.get("command") or "", result.get("git_commit") or ""
@@ -253,8 +254,10 @@ def config_name(result: dict[str, Any]) -> str:
     if not named:
         return "defaults"
     name = Path(named[-1]).name
+    # A baseline's file gave its features and SVM (and, untrained, its architecture); a D's file its training.
     baseline = result.get("baseline")
-    sections = () if baseline == "pixels" else ("model",) if baseline else ("model", "train")
+    sections = (("features", "svm") if baseline == "pixels" else ("model", "features", "svm") if baseline
+                else ("model", "train"))
     overrides, stored = _command_overrides(words), flat_config(result.get("config", {}))
     if not _file_now_differs(named[-1], overrides, stored, sections):
         return name
@@ -265,8 +268,9 @@ def config_name(result: dict[str, Any]) -> str:
     return f"{name} as of {commit[:7] or 'an unknown commit'}"
 
 
-# The pretrain flags that override config keys (the rest are where and how to run, or --set).
-_CONFIG_FLAGS = {"--epochs": "train.epochs", "--batch-size": "train.batch_size", "--dataset": "data.dataset"}
+# The pretrain and evaluate flags that override config keys (the rest are where and how to run, or --set).
+_CONFIG_FLAGS = {"--epochs": "train.epochs", "--batch-size": "train.batch_size", "--dataset": "data.dataset",
+                 "--svm": "svm.solver", "--bn-stats": "features.bn_stats"}
 
 
 def _command_overrides(words: list[str]) -> dict[str, Any]:

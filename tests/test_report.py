@@ -131,3 +131,21 @@ def test_a_config_file_changed_since_the_run_is_named_with_the_runs_commit(tmp_p
     longer = result(config__model__width=96, config__train__epochs=40)
     longer["pretrain"]["provenance"][0]["command"] += " --set model.width=96"
     assert config_name(longer) == "cifar10.toml"
+
+
+def test_a_baseline_evaluated_with_a_config_whose_svm_changed_since_is_named_with_its_commit(tmp_path):
+    (tmp_path / "configs").mkdir()
+    recipe = tmp_path / "configs" / "cifar10.toml"
+    recipe.write_text('[data]\ndataset = "cifar10"\n')
+    pixels = result(baseline="pixels", git_commit="abc1234def",
+                    command="dcgan-features evaluate --baseline pixels --config configs/cifar10.toml --svm torch")
+    assert config_name(pixels) == "cifar10.toml"
+    recipe.write_text('[data]\ndataset = "cifar10"\n[model]\nwidth = 96\n')  # a pixel row has no architecture
+    assert config_name(pixels) == "cifar10.toml"
+    recipe.write_text('[data]\ndataset = "cifar10"\n[svm]\ntrain_hflip = true\n')  # but it has an SVM
+    assert config_name(pixels) == "cifar10.toml as of abc1234"
+    untrained = result(baseline="untrained", command=pixels["command"].replace("pixels", "untrained"))
+    assert config_name(untrained) == "cifar10.toml as of an unknown commit"
+    # evaluate's own flags count as the overrides they are
+    recipe.write_text('[data]\ndataset = "cifar10"\n[svm]\nsolver = "liblinear"\n')
+    assert config_name(pixels) == "cifar10.toml"
