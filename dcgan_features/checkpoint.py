@@ -74,7 +74,8 @@ def resolve_checkpoint(path: str | Path, select: str = "final") -> Path:
     if path.is_dir() and select == "best-probe":
         if not (path / BEST_PROBE_FILE).is_file():
             raise UserError(f"run directory {path} holds no {BEST_PROBE_FILE}: it was trained without "
-                            "train.probe_every; evaluate its final D (--select final)")
+                            "train.probe_every, or its first probe has not run yet; evaluate its final D "
+                            "(--select final)")
         return path / BEST_PROBE_FILE
     if not path.is_dir() and select == "best-probe":
         raise UserError("--select best-probe picks a file of a run directory; give the run directory, or the "
