@@ -25,6 +25,7 @@ from .results import (
     experiment_identity,
     flat_config,
     identity_hash,
+    result_epochs,
     result_files,
     unfinished,
 )
@@ -81,7 +82,7 @@ def ablation_rows(results: list[dict[str, Any]], reference: Config) -> pd.DataFr
         pretrain = r.get("pretrain") or {}
         records.append({
             "experiment": identity_hash(experiment_identity(r)), "change": changes(r, reference),
-            "epochs": pretrain.get("epochs"), "train_s": pretrain.get("train_seconds"),
+            "epochs": result_epochs(r), "train_s": pretrain.get("train_seconds"),
             "features": r["feature_dim"], "accuracy": 100 * r["validation_accuracy"], "C": r["chosen_C"],
             "pretrain_seed": pretrain.get("seed"), "seed": r["seed"],
             "commit": commit, "command": command})

@@ -25,6 +25,7 @@ from .protocols import Outcome, run_full, run_per_class, run_svhn_1000, run_vali
 from .results import (
     SCHEMA,
     architecture_name,
+    epochs_trained,
     format_result,
     known_pretrain_seed,
     read_result,
@@ -282,7 +283,7 @@ def subject_record(subject: Subject) -> dict[str, Any]:
     return {"pretrain": {"dataset": subject.stored.data.dataset,
                          "architecture": architecture_name(subject.stored.model),
                          "seed": known_pretrain_seed(subject.payload.get("kind"), subject.stored.train.seed),
-                         "epochs": subject.payload.get("epoch"),
+                         "epochs": epochs_trained(subject.payload),
                          "train_seconds": subject.payload.get("train_seconds"),
                          "provenance": subject.payload.get("provenance")},
             "checkpoint": {"path": str(subject.path), "sha256": subject.sha256, "kind": subject.payload.get("kind"),

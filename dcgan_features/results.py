@@ -94,6 +94,27 @@ def flat_config(raw: dict[str, Any]) -> dict[str, Any]:
     return {f"{section}.{key}": value for section, values in raw.items() for key, value in values.items()}
 
 
+def epochs_trained(payload: dict[str, Any]) -> int | None:
+    """Whole epochs of training behind a checkpoint. ``epoch`` counts the epochs finished before the one under way
+    and ``step`` the steps taken in it, so a D saved at an epoch's last step (where the online probe runs) has
+    finished ``epoch + 1``. Newer D files record the count as ``epochs_done``; older ones are read off their step
+    counters (``global_step`` is ``epoch`` whole epochs plus ``step``), which cannot tell within the first epoch."""
+    if "epochs_done" in payload:
+        return payload["epochs_done"]
+    epoch, step, global_step = payload.get("epoch"), payload.get("step") or 0, payload.get("global_step")
+    if epoch and step and global_step == (epoch + 1) * step:  # the steps under way make a whole epoch
+        return epoch + 1
+    return epoch
+
+
+def result_epochs(result: dict[str, Any]) -> int | None:
+    """The whole epochs behind a result's D. Results written before D files recorded ``epochs_done`` stored
+    ``epoch``, one short for a D saved at an epoch's last step; their checkpoint record still tells."""
+    known = [e for e in (result["pretrain"].get("epochs"), epochs_trained(result.get("checkpoint") or {}))
+             if e is not None]
+    return max(known, default=None)
+
+
 def experiment_identity(result: dict[str, Any]) -> dict[str, Any]:
     """Everything that defines the experiment a result belongs to, except its seeds: what D was trained on,
     how and for how long (or which baseline), and how it was evaluated. Two results share a report row only
@@ -113,7 +134,7 @@ def experiment_identity(result: dict[str, Any]) -> dict[str, Any]:
     identity.update({k: v for k, v in config.items() if k.startswith("train.")
                      and (k not in NOT_EXPERIMENT_KEYS or (selected_by == "probe" and k in PROBE_KEYS))})
     return identity | {"pretrain.dataset": result["pretrain"]["dataset"],
-                       "pretrain.epochs_done": result["pretrain"].get("epochs"),
+                       "pretrain.epochs_done": result_epochs(result),
                        "pretrain.unfinished": unfinished(checkpoint),
                        "pretrain.selected_by": selected_by}
 

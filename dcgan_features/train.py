@@ -215,7 +215,7 @@ def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: to
             if state.global_step % tc.log_every == 0 or state.step == steps_per_epoch:
                 log_step(state, mean_over_ranks(stats), meter, run_dir, tc)
             if probe is not None and state.global_step % tc.probe_every == 0:
-                probe_step(state, probe, config, run_dir, meter)
+                probe_step(state, probe, config, run_dir, meter, state.epoch + (state.step == steps_per_epoch))
             if tc.checkpoint_every and state.global_step % tc.checkpoint_every == 0:
                 write_training_checkpoint(state, config, [run_dir / TRAINING_FILE])
 
@@ -306,7 +306,7 @@ def log_step(state: TrainingState, stats: dict, meter: ThroughputMeter, run_dir:
 
 
 def probe_step(state: TrainingState, probe: Callable[[Discriminator], float], config: Config, run_dir: Path,
-               meter: ThroughputMeter) -> None:
+               meter: ThroughputMeter, epochs_done: int) -> None:
     """Probe D's features; log the score, show it on the progress line, keep D if it is the best so far."""
     started = time.perf_counter()
     accuracy = probe(state.discriminator)
@@ -316,7 +316,8 @@ def probe_step(state: TrainingState, probe: Callable[[Discriminator], float], co
                                              "probe_s": round(seconds, 3), "time": round(time.time(), 3)})
     if accuracy > state.best_probe:
         state.best_probe = accuracy
-        save_discriminator(run_dir / BEST_PROBE_FILE, state, config, selected_by="probe", probe_accuracy=accuracy)
+        save_discriminator(run_dir / BEST_PROBE_FILE, state, config, selected_by="probe", probe_accuracy=accuracy,
+                           epochs_done=epochs_done)
     meter.probe_note = f" | probe {accuracy:.1%} (best {state.best_probe:.1%})"
 
 
@@ -356,7 +357,7 @@ def save_samples(state: TrainingState, path: Path) -> None:
 def finish_run(state: TrainingState, config: Config, run_dir: Path, echo: Echo, rewrite: bool) -> Path:
     path = run_dir / DISCRIMINATOR_FILE
     if rewrite or not path.exists():
-        save_discriminator(path, state, config, selected_by="final")
+        save_discriminator(path, state, config, selected_by="final", epochs_done=state.epoch)
     if rewrite or not (run_dir / GENERATOR_FILE).exists():
         save_generator(run_dir / GENERATOR_FILE, state, config)
     echo(f"run {run_dir} complete after {state.epoch} epochs; discriminator: {path}")

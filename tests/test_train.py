@@ -288,7 +288,19 @@ def test_the_online_probe_scores_training_images_only_and_leaves_training_as_it_
     assert best["selected_by"] == "probe" and best["global_step"] == first_best["global_step"]
     assert best["probe_accuracy"] == pytest.approx(first_best["probe_accuracy"], abs=1e-6)
     assert not (tmp_path / "plain" / "discriminator_best_probe.pt").exists()
-    assert load_checkpoint(tmp_path / "probed" / "discriminator.pt")["selected_by"] == "final"
+    final = load_checkpoint(tmp_path / "probed" / "discriminator.pt")
+    assert final["selected_by"] == "final" and final["epochs_done"] == probed.train.epochs
+    steps_per_epoch = max(line["step"] for line in lines)
+    assert best["epochs_done"] == first_best["epoch"] - (first_best["step"] < steps_per_epoch)
+
+
+def test_epochs_trained_counts_a_d_saved_at_an_epochs_last_step_as_that_epoch_done():
+    from dcgan_features.results import epochs_trained
+
+    assert epochs_trained({"epoch": 18, "step": 390, "global_step": 7410}) == 19  # a probe's D before epochs_done
+    assert epochs_trained({"epoch": 18, "step": 100, "global_step": 7120}) == 18
+    assert epochs_trained({"epoch": 4, "step": 0, "global_step": 1560}) == 4
+    assert epochs_trained({"epoch": 0, "step": 390, "global_step": 390, "epochs_done": 1}) == 1
 
 
 def test_the_probe_needs_labels(tiny_config):
