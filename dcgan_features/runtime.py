@@ -71,6 +71,15 @@ def cpu_flags() -> tuple[str, ...]:
     return tuple(flag for flag in SPEED_FLAGS if flag in reported)
 
 
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether bfloat16 arithmetic runs in hardware: on a CUDA GPU that supports it, or on a CPU that reports
+    AVX512-BF16, AMX or Arm's BF16. Elsewhere PyTorch emulates it, far slower than float32
+    (``results/benchmarks/avx2/step_breakdown.md``)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return any(flag in cpu_flags() for flag in ("avx512_bf16", "amx_bf16", "bf16"))
+
+
 def cpu_description() -> str:
     """The CPU's model, the vector unit torch dispatches to and the speed-relevant flags, for provenance."""
     model = platform.processor() or platform.machine()

@@ -36,3 +36,18 @@ def test_benchmark_writes_its_tables(script, args, tmp_path):
         objectives = table.set_index("solver")["objective"]
         for solver in ("torch", "torch-bf16-nystrom"):
             assert abs(objectives[solver] - objectives["liblinear"]) <= 1e-3 * objectives["liblinear"]
+
+
+def test_bfloat16_counts_as_native_only_where_the_cpu_reports_bfloat16_instructions(monkeypatch):
+    """The throughput benchmark times train.bf16 only where it is native: emulated it runs ~50x slower."""
+    import torch
+
+    from dcgan_features import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: ("avx2",))
+    assert not runtime.native_bfloat16(cpu)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: ("avx2", "avx512f", "avx512_bf16"))
+    assert runtime.native_bfloat16(cpu)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: ("asimd", "bf16"))
+    assert runtime.native_bfloat16(cpu)
