@@ -35,6 +35,7 @@ BN_STATS = ("running", "data")
 POOLS = ("max", "avg")
 GAN_LOSSES = ("bce", "hinge")
 AUGMENTATIONS = ("color", "translation", "cutout")  # DiffAugment's, in augment.py
+HESSIAN_PRECISIONS = ("float32", "bfloat16", "auto")  # auto: runtime.settled_hessian_precision
 SELECTIONS = ("final", "best-probe")  # which D of a run directory: the one it finished with, or its best probe
 
 
@@ -225,7 +226,9 @@ class SvmConfig:
     tol: float = 1e-4
     # torch solver: precision of the Hessian products inside CG. bfloat16 halves their memory traffic; the
     # objective, gradient and line search stay float32, so it changes the path to the optimum, not the optimum
-    # (tests/test_svm.py bounds the objective's gap to LinearSVC in both precisions).
+    # (tests/test_svm.py bounds the objective's gap to LinearSVC in both precisions). "auto": bfloat16 where
+    # bfloat16 runs in hardware, float32 where it is emulated (slower than float32); evaluate settles it before
+    # anything is stored, so a result file, its settings hash and the report hold the precision that ran.
     hessian_precision: str = "float32"
     # torch solver: rank of the randomised Nystrom sketch of X^T X that preconditions CG (0: plain CG).
     # It changes the path to the optimum, not the optimum.
@@ -238,8 +241,8 @@ class SvmConfig:
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
             raise UserError(f"svm.solver must be one of {', '.join(SOLVERS)}")
-        if self.hessian_precision not in ("float32", "bfloat16"):
-            raise UserError("svm.hessian_precision must be 'float32' or 'bfloat16'")
+        if self.hessian_precision not in HESSIAN_PRECISIONS:
+            raise UserError(f"svm.hessian_precision must be one of {', '.join(HESSIAN_PRECISIONS)}")
         if self.preconditioner_rank < 0:
             raise UserError("svm.preconditioner_rank must be 0 (plain CG) or a positive rank")
         if not self.c_grid:

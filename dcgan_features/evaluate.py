@@ -33,7 +33,7 @@ from .results import (
     unfinished,
     write_result,
 )
-from .runtime import resolve_device
+from .runtime import resolve_device, settled_hessian_precision
 from .svm import make_classifier
 
 EVALUATION_SECTIONS = ("data", "features", "svm")
@@ -111,12 +111,16 @@ class Run:
 
 
 def resolve(checkpoint, settings: EvalConfig, seed: int, config_path, overrides: Mapping[str, Any],
-            results_dir) -> Run:
-    """Load what is evaluated and settle every setting: flags over ``--set`` over the config over the checkpoint."""
+            results_dir, device: torch.device = torch.device("cpu")) -> Run:
+    """Load what is evaluated and settle every setting: flags over ``--set`` over the config over the checkpoint,
+    and what the config leaves to the machine (``svm.hessian_precision = "auto"``) as it runs on ``device``."""
     flags = {key: value for key, value in {"data.dataset": settings.dataset, "data.root": settings.root}.items()
              if value}
     subject = load_subject(checkpoint, config_path, {**overrides, **flags}, settings.baseline or None, seed,
                            settings.select)
+    svm = subject.config.svm
+    settled = replace(svm, hessian_precision=settled_hessian_precision(svm.hessian_precision, device))
+    subject = replace(subject, config=replace(subject.config, svm=settled))
     out_path = result_path(results_dir, eval_dataset=subject.config.data.dataset, protocol=settings.protocol_name,
                            pretrain_dataset=settings.baseline or subject.stored.data.dataset,
                            checkpoint_sha256=subject.sha256, config=subject.config, seed=seed)
@@ -136,7 +140,7 @@ def evaluate(checkpoint: str | Path | None, settings: EvalConfig = EvalConfig(),
     started, origin = time.perf_counter(), origin or provenance()  # the commit that runs is the one checked out now
     world, device = init_world(resolve_device(settings.device))
     echo = echo if world.is_main else (lambda _: None)
-    run = resolve(checkpoint, settings, seed, config_path, overrides or {}, results_dir)
+    run = resolve(checkpoint, settings, seed, config_path, overrides or {}, results_dir, device)
     if run.out_path.exists() and not force:
         echo(f"already evaluated: {run.out_path} (pass --force to recompute)")
         echo(format_result(result := read_result(run.out_path)))

@@ -27,6 +27,8 @@ GROUP_COLUMNS = ["pretrain_data", "architecture", "eval_dataset", "transfer", "p
 # batch size, and the online probe (it leaves training as it was, tested; its keys count where a result
 # evaluates the D it chose). Every other key, present or future, separates two results into two report rows.
 PROBE_KEYS = frozenset({"train.probe_every", "train.probe_images", "train.probe_c"})
+# Keys a config may leave to the machine ("auto"); evaluate stores what they settled to, which is what counts.
+MACHINE_SETTLED_KEYS = frozenset({"svm.hessian_precision"})
 NOT_EXPERIMENT_KEYS = frozenset({
     "data.root", "data.download", "train.seed", "train.device", "train.log_every", "train.checkpoint_every",
     "train.num_samples", "train.collapse_loss", "train.collapse_steps", "train.channels_last", "train.compile",
@@ -318,7 +320,8 @@ def _file_now_differs(path: str | Path, overrides: dict[str, Any], stored: dict[
     except UserError:
         return True
     return any(now[k] != stored.get(k) for k in now if k.split(".")[0] in sections
-               and k not in NOT_EXPERIMENT_KEYS and k != "train.epochs")
+               and k not in NOT_EXPERIMENT_KEYS and k != "train.epochs"
+               and not (k in MACHINE_SETTLED_KEYS and now[k] == "auto"))  # "auto" became what the machine ran
 
 
 # Radford, Metz & Chintala (2015), Tables 1 and 2, shown beside our rows and never computed here.

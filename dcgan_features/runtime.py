@@ -80,6 +80,14 @@ def native_bfloat16(device: torch.device) -> bool:
     return any(flag in cpu_flags() for flag in ("avx512_bf16", "amx_bf16", "bf16"))
 
 
+def settled_hessian_precision(precision: str, device: torch.device) -> str:
+    """``svm.hessian_precision`` as it runs on ``device``: ``auto`` is bfloat16 where bfloat16 runs in hardware
+    and float32 elsewhere, where emulated bfloat16 products are slower than float32 ones."""
+    if precision != "auto":
+        return precision
+    return "bfloat16" if native_bfloat16(device) else "float32"
+
+
 def cpu_description() -> str:
     """The CPU's model, the vector unit torch dispatches to and the speed-relevant flags, for provenance."""
     model = platform.processor() or platform.machine()

@@ -346,6 +346,28 @@ def test_evaluate_extracts_flipped_training_images_for_train_hflip(tmp_path, tin
     assert sorted(k["split"] for k in keys) == ["train", "train-hflip"]
 
 
+def test_an_auto_hessian_precision_is_stored_as_the_precision_that_ran(tmp_path, tiny_run, monkeypatch):
+    from dcgan_features import runtime
+    from dcgan_features.config import EvalConfig
+    from dcgan_features.evaluate import evaluate
+
+    common = dict(cache_dir=tmp_path / "cache", echo=lambda s: None)
+    ran = {}
+    for flags, precision in ((("avx2",), "float32"), (("avx2", "avx512_bf16"), "bfloat16")):
+        monkeypatch.setattr(runtime, "cpu_flags", lambda flags=flags: flags)
+        auto = evaluate(tiny_run, EvalConfig(protocol="validation"), results_dir=tmp_path / precision,
+                        overrides={"svm.c_grid": [1e-2], "svm.hessian_precision": "auto"}, **common)
+        explicit = evaluate(tiny_run, EvalConfig(protocol="validation"), results_dir=tmp_path / f"{precision}-set",
+                            overrides={"svm.c_grid": [1e-2], "svm.hessian_precision": precision}, **common)
+        assert auto["config"]["svm"]["hessian_precision"] == precision
+        # the same settings as naming the precision outright: one file name, one report row
+        assert [p.name for p in (tmp_path / precision).glob("*.json")] == \
+            [p.name for p in (tmp_path / f"{precision}-set").glob("*.json")]
+        ran[precision] = auto["validation"][0]["val_accuracy"], explicit["validation"][0]["val_accuracy"]
+    assert ran["float32"][0] == ran["float32"][1]
+    assert abs(ran["bfloat16"][0] - ran["bfloat16"][1]) < 1e-9
+
+
 def test_ablation_table_states_each_rows_change_from_the_reference(tmp_path, tiny_run):
     from dcgan_features.config import EvalConfig
     from dcgan_features.evaluate import evaluate

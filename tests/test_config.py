@@ -64,6 +64,9 @@ def test_empty_c_grid_and_bad_architecture_are_refused():
         apply_overrides(Config(), {"svm.c_grid": []})
     with pytest.raises(UserError, match="power of two"):
         apply_overrides(Config(), {"model.image_size": 48})
+    with pytest.raises(UserError, match="hessian_precision must be one of float32, bfloat16, auto"):
+        apply_overrides(Config(), {"svm.hessian_precision": "float16"})
+    assert apply_overrides(Config(), {"svm.hessian_precision": "auto"}).svm.hessian_precision == "auto"
 
 
 def test_missing_config_file(tmp_path):

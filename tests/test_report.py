@@ -149,3 +149,8 @@ def test_a_baseline_evaluated_with_a_config_whose_svm_changed_since_is_named_wit
     # evaluate's own flags count as the overrides they are
     recipe.write_text('[data]\ndataset = "cifar10"\n[svm]\nsolver = "liblinear"\n')
     assert config_name(pixels) == "cifar10.toml"
+    # a precision the file leaves to the machine matches the one the result records it ran with
+    recipe.write_text('[data]\ndataset = "cifar10"\n[svm]\nhessian_precision = "auto"\n')
+    assert config_name(pixels) == "cifar10.toml"
+    recipe.write_text('[data]\ndataset = "cifar10"\n[svm]\nhessian_precision = "bfloat16"\n')
+    assert config_name(pixels) == "cifar10.toml as of abc1234"
