@@ -111,7 +111,7 @@ class Run:
 
 
 def resolve(checkpoint, settings: EvalConfig, seed: int, config_path, overrides: Mapping[str, Any],
-            results_dir, device: torch.device = torch.device("cpu")) -> Run:
+            results_dir, device: torch.device) -> Run:
     """Load what is evaluated and settle every setting: flags over ``--set`` over the config over the checkpoint,
     and what the config leaves to the machine (``svm.hessian_precision = "auto"``) as it runs on ``device``."""
     flags = {key: value for key, value in {"data.dataset": settings.dataset, "data.root": settings.root}.items()

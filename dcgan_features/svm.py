@@ -31,7 +31,7 @@ from sklearn.svm import LinearSVC
 
 from .config import SvmConfig
 from .errors import UserError
-from .runtime import progress
+from .runtime import progress, settled_hessian_precision
 
 
 class TorchL2SVM(ClassifierMixin, BaseEstimator):
@@ -228,8 +228,10 @@ def make_classifier(cfg: SvmConfig, C: float, device: str = "cpu"):
     """The configured solver at one C, as a scikit-learn estimator."""
     if cfg.solver == "liblinear":
         return LinearSVC(C=C, penalty="l2", loss="squared_hinge", dual="auto", tol=cfg.tol, max_iter=cfg.max_iter)
+    # evaluate has settled "auto" already, for its records; settling here too serves direct callers
+    precision = settled_hessian_precision(cfg.hessian_precision, torch.device(device))
     return TorchL2SVM(C=C, tol=cfg.tol, max_iter=cfg.max_iter, device=device, warm_start=True,
-                      hessian_precision=cfg.hessian_precision, preconditioner_rank=cfg.preconditioner_rank)
+                      hessian_precision=precision, preconditioner_rank=cfg.preconditioner_rank)
 
 
 ClassifierFactory = Callable[[float], BaseEstimator]

@@ -366,6 +366,9 @@ def test_an_auto_hessian_precision_is_stored_as_the_precision_that_ran(tmp_path,
         ran[precision] = auto["validation"][0]["val_accuracy"], explicit["validation"][0]["val_accuracy"]
     assert ran["float32"][0] == ran["float32"][1]
     assert abs(ran["bfloat16"][0] - ran["bfloat16"][1]) < 1e-9
+    from dcgan_features.config import SvmConfig
+    from dcgan_features.svm import make_classifier
+    assert make_classifier(SvmConfig(hessian_precision="auto"), 1.0).hessian_precision == "bfloat16"  # direct use
 
 
 def test_ablation_table_states_each_rows_change_from_the_reference(tmp_path, tiny_run):
