@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,8 +158,9 @@ class TrainConfig:
     # Speed only (a resumed run may change them): NHWC tensors, which CPU and GPU convolutions prefer;
     # bf16 autocast (GPUs, or CPUs with bfloat16 instructions) and torch.compile, off by default (GAN D's are known
     # to produce NaNs under mixed precision; compiling costs a minute up front and needs a C++ compiler on CPU).
+    # bf16 = "auto": on where bfloat16 runs in hardware (runtime.settled_bf16); pretrain stores what it settled on.
     channels_last: bool = True
-    bf16: bool = False
+    bf16: bool | str = False
     compile: bool = False
     # Under torchrun (more than one process): batch norm normalises over the whole global batch, so N processes
     # train as one would (to float rounding). Off: each process's share is its own batch-norm batch.
@@ -170,6 +172,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "log_every", "num_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"train.{name} must be at least 1")
+        if not isinstance(self.bf16, bool) and self.bf16 != "auto":
+            raise UserError(f'train.bf16 must be true, false or "auto", got {self.bf16!r}')
         if self.probe_every < 0 or self.probe_images < 20 or self.probe_c <= 0:
             raise UserError("train.probe_every must be 0 (off) or a number of steps, train.probe_images at least 20 "
                             "and train.probe_c positive")
@@ -345,6 +349,11 @@ def _build_section(section_cls: type, name: str, values: Mapping[str, Any], sour
 def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     """Check ``value`` against the declared type; ints are accepted for floats, lists for tuples."""
     origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):  # e.g. bool | str: one of them (a bool is no int here)
+        options = typing.get_args(hint)
+        if isinstance(value, options) and (bool in options or not isinstance(value, bool)):
+            return value
+        raise UserError(f"{source}: {key} must be {' or '.join(o.__name__ for o in options)}, got {value!r}")
     if origin is tuple:
         (item_type, _) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):

@@ -27,8 +27,9 @@ GROUP_COLUMNS = ["pretrain_data", "architecture", "eval_dataset", "transfer", "p
 # batch size, and the online probe (it leaves training as it was, tested; its keys count where a result
 # evaluates the D it chose). Every other key, present or future, separates two results into two report rows.
 PROBE_KEYS = frozenset({"train.probe_every", "train.probe_images", "train.probe_c"})
-# Keys a config may leave to the machine ("auto"); evaluate stores what they settled to, which is what counts.
-MACHINE_SETTLED_KEYS = frozenset({"svm.hessian_precision"})
+# Keys a config may leave to the machine ("auto"); evaluate (the SVM's) and pretrain (train.bf16) store what they
+# settled to, which is what counts.
+MACHINE_SETTLED_KEYS = frozenset({"svm.hessian_precision", "train.bf16"})
 NOT_EXPERIMENT_KEYS = frozenset({
     "data.root", "data.download", "train.seed", "train.device", "train.log_every", "train.checkpoint_every",
     "train.num_samples", "train.collapse_loss", "train.collapse_steps", "train.channels_last", "train.compile",

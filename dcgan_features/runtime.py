@@ -88,6 +88,13 @@ def settled_hessian_precision(precision: str, device: torch.device) -> str:
     return "bfloat16" if native_bfloat16(device) else "float32"
 
 
+def settled_bf16(bf16: bool | str, device: torch.device) -> bool:
+    """``train.bf16`` as it runs on ``device``: ``auto`` autocasts to bfloat16 where bfloat16 runs in hardware
+    (4-epoch lever runs, two seeds each: no NaN and no loss of validation accuracy; results/ablations/cifar10/)
+    and stays in float32 where it is emulated, where a step runs far slower."""
+    return native_bfloat16(device) if bf16 == "auto" else bool(bf16)
+
+
 def cpu_description() -> str:
     """The CPU's model, the vector unit torch dispatches to and the speed-relevant flags, for provenance."""
     model = platform.processor() or platform.machine()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -50,7 +51,7 @@ from .distributed import (
 from .errors import UserError
 from .losses import discriminator_loss, generator_loss, rotation_loss
 from .models import Discriminator, sample_noise
-from .runtime import progress, resolve_device, seeded_generator
+from .runtime import progress, resolve_device, seeded_generator, settled_bf16
 from .training_state import (
     SPEED_KEYS,
     TrainingState,
@@ -132,6 +133,8 @@ def pretrain(config: Config, run_dir: str | Path, *, force: bool = False, echo: 
     run_dir = Path(run_dir)
     started = provenance()  # now: the code that runs is the commit checked out at start
     world, device = init_world(resolve_device(config.train.device))
+    # settled before anything is written, so the run's config, checkpoints and results record what ran
+    config = replace(config, train=replace(config.train, bf16=settled_bf16(config.train.bf16, device)))
     echo = echo if world.is_main else (lambda _: None)
     if config.train.batch_size % world.size:
         raise UserError(f"train.batch_size {config.train.batch_size} (the global batch) does not split evenly over "
@@ -228,7 +231,7 @@ def train_step(state: TrainingState, real: torch.Tensor, config: Config, device:
     z = shard(sample_noise(real.shape[0] * current_world().size, config.model, state.noise_rng),
               current_world()).to(device)
     augment = lambda x: diff_augment(x, tc.diffaugment, state.noise_rng)  # noqa: E731
-    precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.bf16)
+    precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=settled_bf16(tc.bf16, device))
     with precision:
         fake = g(z)
         # D sees real and fake in separate batches, so each gets its own batch-norm statistics.

@@ -69,6 +69,15 @@ def test_empty_c_grid_and_bad_architecture_are_refused():
     assert apply_overrides(Config(), {"svm.hessian_precision": "auto"}).svm.hessian_precision == "auto"
 
 
+def test_bf16_is_true_false_or_auto():
+    assert apply_overrides(Config(), {"train.bf16": "auto"}).train.bf16 == "auto"
+    assert apply_overrides(Config(), {"train.bf16": True}).train.bf16 is True
+    with pytest.raises(UserError, match='train.bf16 must be true, false or "auto"'):
+        apply_overrides(Config(), {"train.bf16": "yes"})
+    with pytest.raises(UserError, match="train.bf16 must be bool or str, got 1"):
+        apply_overrides(Config(), {"train.bf16": 1})
+
+
 def test_missing_config_file(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         load_config(tmp_path / "nope.toml")

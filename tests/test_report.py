@@ -131,6 +131,11 @@ def test_a_config_file_changed_since_the_run_is_named_with_the_runs_commit(tmp_p
     longer = result(config__model__width=96, config__train__epochs=40)
     longer["pretrain"]["provenance"][0]["command"] += " --set model.width=96"
     assert config_name(longer) == "cifar10.toml"
+    # a file that leaves train.bf16 to the machine matches the bool the run stored (what pretrain settled on)
+    recipe.write_text('[data]\ndataset = "cifar10"\n[train]\nbf16 = "auto"\n')
+    assert config_name(result()) == "cifar10.toml"
+    recipe.write_text('[data]\ndataset = "cifar10"\n[train]\nbf16 = true\n')
+    assert config_name(result()) != "cifar10.toml"
 
 
 def test_a_baseline_evaluated_with_a_config_whose_svm_changed_since_is_named_with_its_commit(tmp_path):

@@ -196,6 +196,27 @@ def test_memory_format_and_bf16_are_speed_settings_only(tiny_config, tmp_path):
     assert conv_output_dtypes == {"nchw": {torch.float32}, "nhwc": {torch.float32}, "bf16": {torch.bfloat16}}
 
 
+def test_an_auto_bf16_trains_as_the_machine_allows_and_the_run_records_what_ran(tiny_config, tmp_path, monkeypatch):
+    """train.bf16 = "auto" is float32 on a CPU without bfloat16 instructions and bf16 autocast on one with them:
+    the same weights, bit for bit, as naming the setting outright, and the run's files store the bool that ran."""
+    from dcgan_features import runtime
+
+    config = apply_overrides(tiny_config, {"train.epochs": 1})
+    trained = {}
+    for flags, expected in ((("avx2",), False), (("avx2", "amx_bf16"), True)):
+        monkeypatch.setattr(runtime, "cpu_flags", lambda flags=flags: flags)
+        for name, value in (("auto", "auto"), ("set", expected)):
+            run = tmp_path / f"{name}-{expected}"
+            pretrain(apply_overrides(config, {"train.bf16": value}), run, echo=lambda s: None)
+            assert json.loads((run / "config.json").read_text())["train"]["bf16"] is expected
+            assert load_checkpoint(run / "discriminator.pt")["config"]["train"]["bf16"] is expected
+            trained[name, expected] = weights(run)
+        auto, named = trained["auto", expected], trained["set", expected]
+        assert all(torch.equal(auto[k], named[k]) for k in auto)
+    low, full = trained["auto", True], trained["auto", False]
+    assert not all(torch.equal(low[k], full[k]) for k in low)  # bf16 did change the arithmetic
+
+
 def test_train_step_matches_the_plain_examples_step(tiny_config):
     """Skipping D's weight gradients in the G update and the fused Adam kernel are work saved, not a
     different update: three steps give the weights of pytorch/examples' step, which computes and then
