@@ -7,9 +7,8 @@ device (``train.train_step``: channels_last layout, fused Adam, no weight gradie
 update). The reference keeps PyTorch's default NCHW layout and the default Adam. The loops alternate
 for ``--repeats`` rounds (reversed on odd rounds), so a busy spell on the machine hits all of them; the
 ratio is of the medians. Two ablations are reported beside it and not counted: our loop with the default
-Adam, and with ``train.bf16`` (off by default; the recipe's ``"auto"`` turns it on where bfloat16 runs in
-hardware), the latter only where bfloat16 runs in hardware (``--bf16 on``
-forces it: emulated, a step takes about 50 times as long).
+Adam, and with ``train.bf16`` (off by default; the recipe's ``"auto"`` turns it on), the latter only where
+bfloat16 runs in hardware (``--bf16 on`` forces it: emulated, a step takes about 50 times as long).
 
 The model is the one ``--config`` builds (the default recipe, ``configs/cifar10.toml``). The loops compared
 all train it with the plain GAN objective, the reference's; the config's own extras (the rotation loss,
