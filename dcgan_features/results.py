@@ -265,7 +265,9 @@ def config_name(result: dict[str, Any]) -> str:
     stored config (for a baseline: pool or fit the SVM otherwise), because the file was changed since (as
     ``cifar10.toml`` was by issue 12), the row is named after a config file beside it that still gives the
     stored recipe (``cifar10_dcgan.toml (was cifar10.toml)``), or else ``as of`` the commit the command ran at,
-    so an old row never borrows a newer recipe's name."""
+    so an old row never borrows a newer recipe's name. A file that is gone is looked for the same way beside
+    where it was (``cifar10.toml (was cifar10_deep.toml)`` once the candidate became the default); where nothing
+    beside it matches (or there is no such folder here), the row keeps the name the command gave."""
     if result.get("checkpoint", {}).get("kind") == "imported":
         return "imported"
     command, commit = result.get("command") or "", result.get("git_commit") or ""
@@ -283,13 +285,14 @@ def config_name(result: dict[str, Any]) -> str:
     sections = (("features", "svm") if baseline == "pixels" else ("model", "features", "svm") if baseline
                 else ("model", "train"))
     overrides, stored = _command_overrides(words), flat_config(result.get("config", {}))
-    if not _file_now_differs(named[-1], overrides, stored, sections):
+    renamed = not Path(named[-1]).is_file()  # removed or renamed since; a folder beside it may still hold it
+    if not renamed and not _file_now_differs(named[-1], overrides, stored, sections):
         return name
     kept = [other for other in sorted(Path(named[-1]).parent.glob("*.toml"))
             if not _file_now_differs(other, overrides, stored, sections)]
     if kept:  # the recipe lives on under another name beside it
         return f"{kept[0].name} (was {name})"
-    return f"{name} as of {commit[:7] or 'an unknown commit'}"
+    return name if renamed else f"{name} as of {commit[:7] or 'an unknown commit'}"
 
 
 # The pretrain and evaluate flags that override config keys (the rest are where and how to run, or --set).

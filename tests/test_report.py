@@ -138,6 +138,16 @@ def test_a_config_file_changed_since_the_run_is_named_with_the_runs_commit(tmp_p
     assert config_name(result()) != "cifar10.toml"
 
 
+def test_a_config_file_renamed_since_the_run_is_named_after_the_file_that_now_holds_it(tmp_path):
+    (tmp_path / "configs").mkdir()
+    trained = result()  # trained from configs/cifar10.toml, which is gone: its recipe was renamed
+    assert config_name(trained) == "cifar10.toml"  # nothing beside it to tell by: the name the command gave
+    (tmp_path / "configs" / "other.toml").write_text('[data]\ndataset = "cifar10"\n[model]\nwidth = 96\n')
+    assert config_name(trained) == "cifar10.toml"
+    (tmp_path / "configs" / "default.toml").write_text('[data]\ndataset = "cifar10"\n')
+    assert config_name(trained) == "default.toml (was cifar10.toml)"
+
+
 def test_a_baseline_evaluated_with_a_config_whose_svm_changed_since_is_named_with_its_commit(tmp_path):
     (tmp_path / "configs").mkdir()
     recipe = tmp_path / "configs" / "cifar10.toml"
