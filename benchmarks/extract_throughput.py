@@ -1,6 +1,7 @@
-"""Feature-extraction throughput: images/s through a frozen, untrained D at 7,168-d (the default CPU
-model, configs/cifar10.toml) and 28,672-d (the paper's ImageNet model, configs/paper_imagenet32.toml),
-in NCHW and channels_last layouts, alternating for ``--repeats`` rounds (median reported).
+"""Feature-extraction throughput: images/s through a frozen, untrained D at 7,168-d (the plain DCGAN,
+configs/cifar10_dcgan.toml, the default CPU model when this was measured) and 28,672-d (the paper's ImageNet
+model, configs/paper_imagenet32.toml), in NCHW and channels_last layouts, alternating for ``--repeats`` rounds
+(median reported).
 Writes results/benchmarks/extract_throughput.{md,csv}.
 
     python benchmarks/extract_throughput.py --data-root /work/data --images 2048 --repeats 3
@@ -22,7 +23,7 @@ from dcgan_features.runtime import resolve_device
 
 from common import write_table
 
-CONFIGS = ("configs/cifar10.toml", "configs/paper_imagenet32.toml")
+CONFIGS = ("configs/cifar10_dcgan.toml", "configs/paper_imagenet32.toml")
 
 
 def time_extraction(config_path: str, images: torch.Tensor, device: torch.device, channels_last: bool) -> dict:

@@ -5,7 +5,7 @@ where its copies (float64 input plus liblinear's 16-byte sparse nodes per value)
 or would overflow its int32 indexing. Writes results/benchmarks/svm_scale.{md,csv}.
 
 Features: CIFAR-10 training images through an untrained D of the matching architecture
-(7,168-d: configs/cifar10.toml; 28,672-d: configs/paper_imagenet32.toml), extracted once into
+(7,168-d: configs/cifar10_dcgan.toml; 28,672-d: configs/paper_imagenet32.toml), extracted once into
 --cache-dir; or, with --synthetic, Gaussian class clusters (for a quick check of the script).
 
     python benchmarks/svm_scale.py --data-root /work/data --sizes 10000x7168 50000x7168 50000x28672
@@ -28,11 +28,11 @@ from dcgan_features.config import SvmConfig
 
 from common import peak_rss_gb, write_table
 
-ARCHITECTURES = {7168: "configs/cifar10.toml", 28672: "configs/paper_imagenet32.toml"}
+ARCHITECTURES = {7168: "configs/cifar10_dcgan.toml", 28672: "configs/paper_imagenet32.toml"}
 LIBLINEAR_BYTES_PER_VALUE = 8 + 16 + 4  # float64 copy, feature_node (int index + double value), our float32
 SOLVERS = {  # name -> the svm settings of one fit (tol and max_iter: SvmConfig's defaults)
     "liblinear": SvmConfig(solver="liblinear"),
-    "torch": SvmConfig(solver="torch"),  # float32 throughout, plain CG: configs/cifar10.toml's solver
+    "torch": SvmConfig(solver="torch"),  # float32 throughout, plain CG: configs/cifar10_dcgan.toml's solver
     "torch-bf16-nystrom": SvmConfig(solver="torch", hessian_precision="bfloat16", preconditioner_rank=256),
 }
 
