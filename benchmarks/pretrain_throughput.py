@@ -35,7 +35,7 @@ from torchvision import transforms
 
 from dcgan_features.config import apply_overrides, load_config
 from dcgan_features.data import load_images, to_model_range
-from dcgan_features.results import architecture_name
+from dcgan_features.records import architecture_name
 from dcgan_features.runtime import native_bfloat16, resolve_device
 from dcgan_features.train import new_state, train_step
 

@@ -84,7 +84,8 @@ def extracted_features(d: int, args) -> tuple[Path, Path]:
 
 def fit_once(solver: str, path: str, labels_path: str, n: int, C: float) -> dict:
     """The child's work: read n rows from the cache, standardise in place, fit one C."""
-    from dcgan_features.svm import fitted_scaler, l2svm_objective, make_classifier, read_rows, scale_in_place
+    from dcgan_features.svm import l2svm_objective, make_classifier
+    from dcgan_features.svm_rows import fitted_scaler, read_rows, scale_in_place
 
     start = time.perf_counter()
     features = np.load(path, mmap_mode="r")

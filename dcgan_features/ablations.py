@@ -1,7 +1,7 @@
 """The ablation table (``dcgan-features ablations``): validation-protocol results, one row per recipe.
 
 Every result of ``evaluate --protocol validation`` under a folder becomes part of a row; results whose
-:func:`results.experiment_identity` is equal (the same recipe, pretraining length and evaluation) differ only in
+:func:`records.experiment_identity` is equal (the same recipe, pretraining length and evaluation) differ only in
 their seeds and share one row, with the mean and sample std over pretraining seeds. What a row changed is not
 written by hand: it is every key of the row's stored config (and the epochs it trained) that differs from a
 reference config, so the table cannot describe a run as something it was not. No test label is read by anything
@@ -19,27 +19,28 @@ import pandas as pd
 from .artifacts import atomic_path
 from .config import Config, read_config_file
 from .errors import UserError
-from .results import (
+from .records import (
     CHECKS_DIR,
     NOT_EXPERIMENT_KEYS,
     experiment_identity,
     flat_config,
     identity_hash,
     result_epochs,
-    result_files,
     unfinished,
 )
+from .report import scan_results
 
 CLOSE_CALL = 1.0  # points: rows this close to the best row need a second pretraining seed to be ranked
 
-COLUMNS = ["change", "epochs", "pretrain min", "features", "val acc (%)", "vs reference", "seeds", "C", "commit",
-           "command"]
+# The Markdown keeps what a reader compares; the whole config diff, the commands and commits are in the CSV.
+COLUMNS = ["change", "epochs", "pretrain min", "features", "val acc (%)", "vs reference", "seeds"]
+SHORT_CHANGE = 48  # characters: a longer change is shown as its recipe's name and a footnote
 
 
 def load_validation_results(folder: str | Path) -> list[dict[str, Any]]:
     """Every validation-protocol result JSON under ``folder`` (outside ``checks/`` folders)."""
-    found = [result | {"file": str(path)} for path, result in result_files(folder)
-             if result.get("protocol") == "validation"]
+    found = [result | {"file": str(path)} for path, result in scan_results(folder)
+             if result["protocol_kind"] == "validation"]
     if not found:
         raise UserError(f"no validation-protocol results under {folder}; "
                         "make them with `dcgan-features evaluate --protocol validation`")
@@ -82,6 +83,7 @@ def ablation_rows(results: list[dict[str, Any]], reference: Config) -> pd.DataFr
         pretrain = r.get("pretrain") or {}
         records.append({
             "experiment": identity_hash(experiment_identity(r)), "change": changes(r, reference),
+
             "epochs": result_epochs(r), "train_s": pretrain.get("train_seconds"),
             "features": r["feature_dim"], "accuracy": 100 * r["validation_accuracy"], "C": r["chosen_C"],
             "pretrain_seed": pretrain.get("seed"), "seed": r["seed"],
@@ -126,17 +128,36 @@ FOOTNOTE = ("Validation accuracy (%) of the full protocol's C sweep on a stratif
             "config keys in which a row differs from the reference config; ± is the sample std over the row's "
             "results, whose pretraining / evaluation seeds `seeds` lists. Rows are grouped by training length; "
             "rows within {close} point of the best of their length that rest on one result are marked: not ranked "
-            "yet. `pretrain min` is the training wall time recorded in the checkpoint; `commit` is pretraining / "
-            "evaluation.")
+            "yet. `pretrain min` is the training wall time recorded in the checkpoint. A change too long for the "
+            "table shows the names of the keys it changed and is spelt out in its numbered note; the CSV beside this "
+            "file holds every row's whole change, chosen C, commands and commits (pretraining / evaluation).")
+
+
+def short_changes(shown: pd.DataFrame) -> tuple[list[str], list[str]]:
+    """Per row, the change as the Markdown shows it: itself when short, else the names of the keys it changed (as
+    many as fit, then how many more) and a footnote mark; and the footnotes that spell the long ones out."""
+    shorts, notes = [], []
+    for change in shown["change"]:
+        if len(change) <= SHORT_CHANGE:
+            shorts.append(change)
+            continue
+        notes.append(f"[{len(notes) + 1}] {change}")
+        names = [part.split("=")[0].split(".")[-1] if "=" in part else part for part in change.split("; ")]
+        fit = next(k for k in range(len(names), 0, -1) if len(", ".join(names[:k])) <= SHORT_CHANGE - 12 or k == 1)
+        more = f" +{len(names) - fit}" if fit < len(names) else ""
+        shorts.append(f"{', '.join(names[:fit])}{more} [{len(notes)}]")
+    return shorts, notes
 
 
 def write_ablations(folder: str | Path, reference_path: str | Path, out_stem: str | Path) -> tuple[str, Path, Path]:
-    """Write ``<out_stem>.md`` and ``<out_stem>.csv`` from the validation results under ``folder``."""
+    """Write ``<out_stem>.md`` (readable: short names, footnotes) and ``<out_stem>.csv`` (everything, with the
+    whole change, the commands and the commits) from the validation results under ``folder``."""
     reference = Config.from_dict(read_config_file(reference_path), str(reference_path))
-    table = ablation_rows(load_validation_results(folder), reference)
-    shown = render_ablations(table)
-    markdown = shown[COLUMNS].to_markdown(index=False, disable_numparse=True)
-    body = (f"Reference config: `{reference_path}`.\n\n{markdown}\n\n{FOOTNOTE.format(close=CLOSE_CALL)}")
+    shown = render_ablations(ablation_rows(load_validation_results(folder), reference))
+    short, notes = short_changes(shown)
+    markdown = shown[COLUMNS].assign(change=short).to_markdown(index=False, disable_numparse=True)
+    footnotes = "".join(f"\n\n{note}" for note in notes)
+    body = (f"Reference config: `{reference_path}`.\n\n{markdown}{footnotes}\n\n{FOOTNOTE.format(close=CLOSE_CALL)}")
     out_stem = Path(out_stem)
     md_path, csv_path = out_stem.with_suffix(".md"), out_stem.with_suffix(".csv")
     with atomic_path(md_path) as tmp:

@@ -94,13 +94,26 @@ def provenance() -> dict[str, Any]:
 
     return {
         "git_commit": git_commit(),
-        "command": "dcgan-features " + shlex.join(sys.argv[1:]) if Path(sys.argv[0]).name == "dcgan-features" else None,
+        **launch(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"python": platform.python_version(), "torch": str(torch.__version__),
                      "scikit-learn": sklearn.__version__, "numpy": numpy.__version__},
         "machine": f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} threads",
         "cpu": cpu_description(),
     }
+
+
+def launch() -> dict[str, Any]:
+    """How this process was started: its argv, the launcher, and the command as a user would type it. The console
+    script, ``python -m dcgan_features`` and torchrun (either way) all run the same program, so each is recorded as
+    ``dcgan-features ...``; a process that is not the command line (a library call) records no command."""
+    program = Path(sys.argv[0])
+    ours = program.name == "dcgan-features" or (program.name, program.parent.name) == ("__main__.py", "dcgan_features")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = ("torchrun" if "TORCHELASTIC_RUN_ID" in os.environ or world > 1 else
+                "python -m" if program.name == "__main__.py" else "console script" if ours else "python")
+    return {"command": "dcgan-features " + shlex.join(sys.argv[1:]) if ours else None, "argv": list(sys.argv),
+            "launcher": launcher + (f" ({world} processes)" if world > 1 else "")}
 
 
 def write_image_grid(images, path: str | Path, nrow: int) -> None:

@@ -1,5 +1,5 @@
 """The ``dcgan-features`` command line: a thin layer over train.pretrain, evaluate.evaluate and
-results.write_report. Mistakes in the input (UserError) print one line and exit with status 2."""
+report.write_report. Mistakes in the input (UserError) print one line and exit with status 2."""
 
 from __future__ import annotations
 
@@ -9,20 +9,10 @@ from pathlib import Path
 
 import click
 
-from .config import (
-    BASELINES,
-    BN_STATS,
-    DATASETS,
-    DEVICES,
-    PROTOCOLS,
-    SELECTIONS,
-    SOLVERS,
-    EvalConfig,
-    load_config,
-    parse_set_option,
-)
+from .config import BASELINES, BN_STATS, DATASETS, DEVICES, SELECTIONS, SOLVERS, load_config, parse_set_option
 from .distributed import shutdown_world
 from .errors import UserError
+from .protocols import PROTOCOLS, EvalConfig
 
 
 def default_cache_dir() -> Path:
@@ -98,13 +88,14 @@ def pretrain(config_path, dataset, data_root, download, epochs, batch_size, seed
     from .probe import FeatureProbe
     from .train import pretrain as run_pretrain
 
+    given = config_path
     if config_path is None and out is not None and (Path(out) / "config.json").is_file() and not force:
         config_path = str(Path(out) / "config.json")  # resuming: the run's own config is the base
     overrides = _overrides(set_pairs, data__dataset=dataset, data__root=data_root, data__download=download,
                            train__epochs=epochs, train__batch_size=batch_size, train__seed=seed, train__device=device)
     config = load_config(config_path, overrides)
     out = out or f"runs/{config.data.dataset}-seed{config.train.seed}"
-    run_pretrain(config, out, force=force, echo=click.echo, make_probe=FeatureProbe)
+    run_pretrain(config, out, force=force, echo=click.echo, make_probe=FeatureProbe, config_file=given)
     shutdown_world()  # on success only: after a failure a barrier could wait for a rank that is gone
 
 
@@ -128,18 +119,41 @@ class SeedsCommand(click.Command):
         return super().parse_args(ctx, spread)
 
 
-@cli.command(cls=SeedsCommand)
+class ProtocolChoice(click.Choice):
+    """The protocols of the registry (``protocols.PROTOCOLS``) as they are when the command line is parsed."""
+
+    def __init__(self) -> None:
+        super().__init__(list(PROTOCOLS))
+
+    @property
+    def choices(self):
+        return tuple(PROTOCOLS)
+
+    @choices.setter
+    def choices(self, _value) -> None:  # click's __init__ assigns; the registry is the truth
+        pass
+
+
+class EvaluateCommand(SeedsCommand):
+    """``evaluate``'s help ends with the registry's protocols, each with its description and default labels."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(p.name, p.help + (f" [default: {p.default_labels} labels per class]" if p.default_labels else "")
+                 + ("" if p.reads_test else " (never reads test)")) for p in PROTOCOLS.values()]
+        with formatter.section("Protocols"):
+            formatter.write_dl(rows)
+
+
+@cli.command(cls=EvaluateCommand)
 @click.option("--checkpoint", type=str, default=None,
               help="A run directory or a checkpoint .pt file (a --baseline may take its architecture from --config).")
 @dataset_option
 @click.option("--data-root", type=str, default=None, help="Folder holding the dataset [default: the run's].")
 @click.option("--download", is_flag=True, default=None, help="Fetch the dataset with torchvision if missing.")
-@click.option("--protocol", type=click.Choice(PROTOCOLS), default=EvalConfig.protocol, show_default=True,
-              help="full (all training labels), per-class (repeated class-balanced draws), svhn-1000 "
-                   "(the paper authors' SVHN protocol) or validation (full's C sweep alone, for choosing "
-                   "recipes: the test split is never read).")
+@click.option("--protocol", type=ProtocolChoice(), default=EvalConfig.protocol, show_default=True,
+              help="The evaluation protocol (each is described under 'Protocols' below).")
 @click.option("--labels-per-class", type=int, default=EvalConfig.labels_per_class,
-              help="Labelled images per class in each draw [default: 400 per-class, 100 svhn-1000].")
+              help="Labelled images per class in each draw [default: the protocol's, listed below].")
 @click.option("--draws", type=int, default=EvalConfig.draws, show_default=True,
               help="Class-balanced draws (per-class), or validation draws per C (svhn-1000).")
 @click.option("--test-draws", type=int, default=EvalConfig.test_draws, show_default=True,
@@ -193,7 +207,7 @@ def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_clas
               help="Also render the table into this file between its <!-- report:begin/end --> lines.")
 def report(results_dir, out, readme):
     """Aggregate every result under RESULTS_DIR: mean ± std over seeds, and n."""
-    from .results import write_report
+    from .report import write_report
 
     if not Path(results_dir).is_dir():
         raise UserError(f"results directory {results_dir} does not exist")

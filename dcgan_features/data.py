@@ -48,16 +48,12 @@ class ImageSet:
 def load_images(name: str, root: str | Path, split: str, *, image_size: int, channels: int,
                 download: bool = False) -> ImageSet:
     """Load one split of the named dataset, converted to ``channels`` and resized to ``image_size``."""
-    readers: dict[str, Callable[[Path, str, bool], tuple[np.ndarray, np.ndarray | None]]] = {
-        "cifar10": read_cifar10, "svhn": read_svhn, "imagenet32": read_imagenet32,
-        "folder": partial(read_folder, image_size=image_size),
-        "digits": read_digits, "fake": read_fake,
-    }
-    if name not in readers:
-        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(readers)}")
+    if name not in READERS:
+        raise UserError(f"unknown dataset {name!r}; choose one of {', '.join(READERS)}")
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    images, labels = readers[name](Path(root), split, download)
+    reader = partial(read_folder, image_size=image_size) if name == "folder" else READERS[name]
+    images, labels = reader(Path(root), split, download)
     tensor = fit_to_model(torch.from_numpy(np.ascontiguousarray(images)), image_size, channels)
     label_tensor = None if labels is None else torch.from_numpy(np.asarray(labels, dtype=np.int64))
     return ImageSet(tensor, label_tensor, name, split)
@@ -279,3 +275,11 @@ def read_fake(root: Path, split: str, download: bool) -> tuple[np.ndarray, np.nd
     coarse = patterns[labels].repeat(8, axis=2).repeat(8, axis=3)
     images = np.clip(coarse + rng.normal(0, 30, size=coarse.shape), 0, 255).astype(np.uint8)
     return images, labels.astype(np.int64)
+
+
+# name -> reader of (images, labels); keyed by config.DATASETS (tested). The folder reader also takes the
+# model's image size (load_images binds it).
+READERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray | None]]] = {
+    "cifar10": read_cifar10, "svhn": read_svhn, "imagenet32": read_imagenet32, "folder": read_folder,
+    "digits": read_digits, "fake": read_fake,
+}

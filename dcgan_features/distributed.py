@@ -21,6 +21,9 @@ What a user can predict (the same as the single-process run, to float rounding):
 from __future__ import annotations
 
 import os
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -56,6 +59,7 @@ def init_world(device: torch.device) -> tuple[World, torch.device]:
     of its local rank. Returns the world and the device this process computes on."""
     if not launched():
         return World(), device
+    exit_with_launcher()
     world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     if device.type == "cuda":
         device = torch.device("cuda", world.local_rank % torch.cuda.device_count())
@@ -65,6 +69,22 @@ def init_world(device: torch.device) -> tuple[World, torch.device]:
         # A failed process does not leave the others waiting that long: torchrun stops them all.
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=6))
     return world, device
+
+
+def exit_with_launcher(poll_s: float = 1.0) -> None:
+    """End this worker when the process that launched it (torchrun) is gone. A SIGKILL gives torchrun no chance to
+    stop its workers; they would wait in a collective for hours (the timeout above), holding the run folder. Once
+    the parent dies the worker is re-parented, which ``os.getppid`` shows."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        print(f"error: the launcher of this worker (PID {parent}) is gone; stopping rank "
+              f"{os.environ.get('RANK', '?')}", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-launcher", daemon=True).start()
 
 
 def shutdown_world() -> None:

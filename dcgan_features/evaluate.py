@@ -13,25 +13,25 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from .artifacts import provenance, sha256_file
+from .artifacts import provenance, sha256_file, write_json
 from .checkpoint import load_checkpoint, load_discriminator, resolve_checkpoint
-from .config import Config, EvalConfig, apply_overrides, read_config_file
+from .config import Config, apply_overrides, read_config_file
 from .data import ImageSet, load_images
 from .distributed import init_world
 from .errors import UserError
 from .features import FeatureSet, FrozenExtractor, PixelExtractor, PoolingSpec, cache_key, cached_features
 from .models import Discriminator, build_models, recompute_batchnorm_stats
-from .protocols import Outcome, run_full, run_per_class, run_svhn_1000, run_validation, svhn_shuffle
-from .results import (
+from .protocols import PROTOCOLS, EvalConfig, Outcome, ProtocolInputs, svhn_shuffle
+from .records import (
     SCHEMA,
     architecture_name,
     epochs_trained,
     format_result,
     known_pretrain_seed,
     read_result,
+    recipe_of,
     result_path,
     unfinished,
-    write_result,
 )
 from .runtime import resolve_device, settled_hessian_precision
 from .svm import make_classifier
@@ -155,6 +155,7 @@ def evaluate(checkpoint: str | Path | None, settings: EvalConfig = EvalConfig(),
     outcome = run_protocol(run, features, device)
     warn_about(outcome, echo)
     timings.update(outcome.timings, total_s=round(time.perf_counter() - started, 2))
+    record["recipe"] = recipe_of(run.subject.payload, config_path, run.subject.baseline)
     result = build_result(run, outcome, features["train"], features.get("test"), spec, record, timings, device,
                           origin)
     write_result(run.out_path, result, force)
@@ -163,21 +164,22 @@ def evaluate(checkpoint: str | Path | None, settings: EvalConfig = EvalConfig(),
     return result
 
 
+def write_result(path: Path, result: dict[str, Any], force: bool) -> None:
+    """Write a result whole (atomically); an existing one is kept unless ``force``."""
+    if path.exists() and not force:
+        raise UserError(f"result {path} exists; pass --force to replace it")
+    write_json(path, result)
+
+
 def run_protocol(run: Run, features: dict[str, FeatureSet], device: torch.device) -> Outcome:
-    """The protocol the settings name, on the (memory-mapped) train and test features; the training images'
-    mirrored features, when ``svm.train_hflip`` extracted them, join the SVM's fitting rows."""
-    settings, svm, train, test = run.settings, run.subject.config.svm, features["train"], features.get("test")
-    factory = partial(make_classifier, svm, device=str(device))
-    mirrored = features["train_mirrored"].features if "train_mirrored" in features else None
-    if settings.protocol == "validation":
-        return run_validation(train.features, train.labels, svm, run.seed, factory, mirrored=mirrored)
-    arrays = (train.features, train.labels, test.features, test.labels, svm, run.seed, factory)
-    if settings.protocol == "full":
-        return run_full(*arrays, mirrored=mirrored)
-    if settings.protocol == "per-class":
-        return run_per_class(*arrays, settings.labels, settings.draws, mirrored=mirrored)
-    return run_svhn_1000(*arrays, settings.labels, settings.draws, settings.test_draws, settings.val_size,
-                         mirrored=mirrored)
+    """The protocol the settings name (from the registry), on the (memory-mapped) train and test features; the
+    training images' mirrored features, when ``svm.train_hflip`` extracted them, join the SVM's fitting rows."""
+    svm, train, test = run.subject.config.svm, features["train"], features.get("test")
+    inputs = ProtocolInputs(train.features, train.labels, None if test is None else test.features,
+                            None if test is None else test.labels, svm, run.seed,
+                            partial(make_classifier, svm, device=str(device)),
+                            features["train_mirrored"].features if "train_mirrored" in features else None)
+    return PROTOCOLS[run.settings.protocol].run(inputs, run.settings)
 
 
 def warn_about(outcome: Outcome, echo: Callable[[str], None]) -> None:
@@ -194,11 +196,12 @@ def warn_about(outcome: Outcome, echo: Callable[[str], None]) -> None:
 
 def build_result(run: Run, outcome: Outcome, train, test, spec: PoolingSpec, record: dict, timings: dict,
                  device: torch.device, origin: dict[str, Any]) -> dict[str, Any]:
-    """The result file's contents (schema :data:`results.SCHEMA`), built in this one place."""
+    """The result file's contents (schema :data:`records.SCHEMA`), built in this one place."""
     subject = run.subject
     measured = {k: v for k, v in asdict(outcome).items() if k not in ("timings", "details")}
     return {
-        "schema": SCHEMA, "eval_dataset": run.dataset, "protocol": run.settings.protocol_name, "seed": run.seed,
+        "schema": SCHEMA, "eval_dataset": run.dataset, "protocol": run.settings.protocol_name,
+        "protocol_kind": run.settings.protocol, "seed": run.seed,
         **measured, **outcome.details, "n_test": 0 if test is None else int(len(test.labels)),
         "test_error": None if outcome.test_accuracy is None else 1 - outcome.test_accuracy,
         "feature_dim": int(train.features.shape[1]), "feature_spec": describe(spec, subject),
@@ -235,7 +238,7 @@ def extract_splits(run: Run, cache_dir, device, echo) -> tuple[dict[str, Feature
     start = time.perf_counter()
     data = {split: load_images(run.dataset, config.data.root, split, image_size=config.model.image_size,
                                channels=config.model.channels, download=config.data.download)
-            for split in (("train",) if run.settings.protocol == "validation" else ("train", "test"))}
+            for split in (("train", "test") if PROTOCOLS[run.settings.protocol].reads_test else ("train",))}
     if config.svm.train_hflip:
         train = data["train"]
         data["train_mirrored"] = replace(train, images=train.images.flip(-1).contiguous(), split=f"{train.split}-hflip")

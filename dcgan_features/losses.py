@@ -16,22 +16,39 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-LOSSES = ("bce", "hinge")
+from .errors import UserError
 
 
-def discriminator_loss(kind: str, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
-    """D's loss for one real and one fake batch (float32 logits)."""
-    if kind == "hinge":
-        return F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()
+def _bce_d(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits_real, torch.ones_like(logits_real)) + \
         F.binary_cross_entropy_with_logits(logits_fake, torch.zeros_like(logits_fake))
 
 
+def _hinge_d(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    return F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()
+
+
+# name -> (D's loss on real and fake logits, G's loss on fake logits); keyed by config.GAN_LOSSES (tested).
+LOSSES = {
+    "bce": (_bce_d, lambda logits_fake: F.binary_cross_entropy_with_logits(logits_fake, torch.ones_like(logits_fake))),
+    "hinge": (_hinge_d, lambda logits_fake: -logits_fake.mean()),
+}
+
+
+def _loss(kind: str):
+    if kind not in LOSSES:
+        raise UserError(f"unknown GAN loss {kind!r}; choose one of {', '.join(LOSSES)}")
+    return LOSSES[kind]
+
+
+def discriminator_loss(kind: str, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """D's loss for one real and one fake batch (float32 logits)."""
+    return _loss(kind)[0](logits_real, logits_fake)
+
+
 def generator_loss(kind: str, logits_fake: torch.Tensor) -> torch.Tensor:
     """G's loss on D's logits for its samples (float32)."""
-    if kind == "hinge":
-        return -logits_fake.mean()
-    return F.binary_cross_entropy_with_logits(logits_fake, torch.ones_like(logits_fake))
+    return _loss(kind)[1](logits_fake)
 
 
 class RotationHead(nn.Module):

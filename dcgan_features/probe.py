@@ -3,12 +3,14 @@
 A fixed, class-balanced subset of the *training* split (``train.probe_images``, drawn once from the run's
 seed) is cut into two stratified halves. Every probe extracts D's pooled features of both halves (the
 evaluation's pooling spec and batch-norm statistics: D in eval mode with its running averages), fits the
-L2-SVM at ``train.probe_c`` on one half and scores it on the other. It reads no test image, consumes no
-random numbers and leaves D exactly as it found it (mode, gradients, memory layout), so a run with the
-probe trains the same weights as one without it.
+L2-SVM of ``[svm]`` at ``train.probe_c`` (with the probe's own tol and preconditioner) on one half and scores it
+on the other. It reads no test image, consumes no random numbers and leaves D exactly as it found it (mode,
+gradients, memory layout), so a run with the probe trains the same weights as one without it.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -19,7 +21,7 @@ from .errors import UserError
 from .features import FrozenExtractor, PoolingSpec, extract
 from .models import Discriminator
 from .protocols import class_balanced_draw
-from .svm import TorchL2SVM, fit_and_score, validation_split
+from .svm import fit_and_score, make_classifier, validation_split
 
 
 class FeatureProbe:
@@ -40,11 +42,15 @@ class FeatureProbe:
 
     def __call__(self, discriminator: Discriminator) -> float:
         features = self.features(discriminator)
-        # A rank-64 Nystrom preconditioner: at 5,000 x 7,168 it cut the fit from 7.5 s to 2.0 s on 2 CPU cores
-        # with the same held-out accuracy (see results/benchmarks/probe_overhead.md for the whole probe).
-        factory = lambda C: TorchL2SVM(C=C, tol=1e-3, device=str(self.device), preconditioner_rank=64)  # noqa: E731
         return fit_and_score(features["fit"], self.labels["fit"], features["held_out"], self.labels["held_out"],
-                             self.config.train.probe_c, factory)["test_accuracy"]
+                             self.config.train.probe_c, self.classifier, self.config.svm.standardize)["test_accuracy"]
+
+    def classifier(self, C: float):
+        """The evaluation's solver ([svm]) with the probe's own tol and preconditioner (``train.probe_tol``,
+        ``train.probe_preconditioner_rank``: why, beside them in config.py)."""
+        train = self.config.train
+        svm = replace(self.config.svm, tol=train.probe_tol, preconditioner_rank=train.probe_preconditioner_rank)
+        return make_classifier(svm, C, device=str(self.device))
 
     def features(self, discriminator: Discriminator) -> dict[str, np.ndarray]:
         """Both halves' features, with D restored afterwards to its mode and gradient flags."""

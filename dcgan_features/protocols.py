@@ -12,30 +12,25 @@ the test set with models refit at that C. No function that chooses C receives te
   100 labels per class from the rest, C by mean validation accuracy, then many test draws.
 * ``validation``: the ``full`` protocol's C sweep alone (:func:`run_validation`). It reports the best
   validation accuracy and never sees the test split, so recipes and checkpoints can be chosen with it.
+
+Each protocol is one :class:`Protocol` in :data:`PROTOCOLS`, the registry that the CLI (its choices and help),
+``evaluate``, the result record, the report and the run page read: a protocol added there is offered, run,
+stored, summarised and reported with nothing else to change.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
-from .config import SvmConfig
+from .config import BASELINES, DATASETS, DEVICES, SELECTIONS, SvmConfig
 from .errors import UserError
 from .runtime import progress
-from .svm import (
-    ClassifierFactory,
-    choose_c,
-    convergence,
-    fit_and_score,
-    fitted_scaler,
-    read_rows,
-    scale_in_place,
-    select_c,
-    starting_from,
-    training_rows,
-)
+from .svm import ClassifierFactory, choose_c, convergence, fit_and_score, select_c, starting_from
+from .svm_rows import fitted_scaler, read_rows, scale_in_place, training_rows
 
 
 @dataclass(frozen=True)
@@ -205,3 +200,136 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
                    {"select_c_s": round(select_s, 2), "refit_s": round(time.perf_counter() - start, 2)},
                    {"test_error_std": std, "test_error_ci95": 1.96 * std, "test_error_per_draw": errors.tolist(),
                     "labels_per_class": labels_per_class, "val_draws": val_draws, "test_draws": test_draws})
+
+
+@dataclass(frozen=True)
+class ProtocolInputs:
+    """What every protocol is given: the (memory-mapped) features and labels, the SVM settings, the seed, the
+    classifier factory, and the mirrored training features when ``svm.train_hflip`` extracted them."""
+
+    train_x: Any
+    train_y: np.ndarray
+    test_x: Any
+    test_y: np.ndarray | None
+    svm: SvmConfig
+    seed: int
+    factory: ClassifierFactory
+    mirrored: Any = None
+
+    @property
+    def arrays(self) -> tuple:
+        return (self.train_x, self.train_y, self.test_x, self.test_y, self.svm, self.seed, self.factory)
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """One evaluation protocol: its name and help, the labels it uses by default, how it runs, how its result is
+    labelled (the result's ``protocol`` field, from the settings that change the outcome), which field holds its
+    score, and the line that summarises a result of it."""
+
+    name: str
+    help: str
+    run: Callable[[ProtocolInputs, "EvalConfig"], Outcome]
+    label: Callable[["EvalConfig"], str]
+    summary: Callable[[dict], str]
+    reads_test: bool = True  # False: it never loads the test split (its results choose recipes, not report them)
+    default_labels: int = 0  # labelled images per class when --labels-per-class is not given (0: all)
+    label_prefix: str = ""  # labels of older results start with this (empty: the label is the name)
+
+    @property
+    def score(self) -> str:
+        """The result field the report aggregates (test accuracy), or validation accuracy where test is never read."""
+        return "test_accuracy" if self.reads_test else "validation_accuracy"
+
+
+def _full_summary(r: dict) -> str:
+    return (f"test accuracy at C={r['chosen_C']:.0e}, refit on all {r['n_train']:,} training images: "
+            f"{100 * r['test_accuracy']:.2f}%  ({r['n_test']:,} test images)")
+
+
+def _validation_summary(r: dict) -> str:
+    return (f"validation accuracy at C={r['chosen_C']:.0e}: {100 * r['validation_accuracy']:.2f}% "
+            f"({r['n_fit']:,} fitting / {r['n_val']:,} validation images; test never read)")
+
+
+def _per_class_summary(r: dict) -> str:
+    return (f"test accuracy at C={r['chosen_C']:.0e}, each of {r['draws']} draws of {r['labels_per_class']} labels "
+            f"per class refit: {100 * r['test_accuracy']:.2f}% ± {100 * r['test_accuracy_std']:.2f}  "
+            f"({r['n_test']:,} test images)")
+
+
+def _svhn_summary(r: dict) -> str:
+    return (f"test error at C={r['chosen_C']:.0e} over {r['test_draws']} draws of {r['labels_per_class']} labels "
+            f"per class: {100 * r['test_error']:.2f}% ± {100 * r['test_error_ci95']:.2f} (1.96 x std)  "
+            f"({r['n_test']:,} test images)")
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
+    Protocol("full", "all training labels; C on a validation split, refit on all, test once",
+             lambda i, s: run_full(*i.arrays, mirrored=i.mirrored), lambda s: "full", _full_summary),
+    Protocol("per-class", "repeated class-balanced draws of --labels-per-class labels (the paper's 400 per class)",
+             lambda i, s: run_per_class(*i.arrays, s.labels, s.draws, mirrored=i.mirrored),
+             lambda s: f"per-class-{s.labels}x{s.draws}", _per_class_summary, default_labels=400,
+             label_prefix="per-class"),
+    Protocol("svhn-1000", "the paper authors' SVHN protocol (100 labels per class, fixed validation split)",
+             lambda i, s: run_svhn_1000(*i.arrays, s.labels, s.draws, s.test_draws, s.val_size, mirrored=i.mirrored),
+             lambda s: f"svhn-{s.labels}pc-{s.draws}x{s.test_draws}-val{s.val_size}", _svhn_summary,
+             default_labels=100, label_prefix="svhn"),
+    Protocol("validation", "full's C sweep alone, for choosing recipes: the test split is never read",
+             lambda i, s: run_validation(i.train_x, i.train_y, i.svm, i.seed, i.factory, mirrored=i.mirrored),
+             lambda s: "validation", _validation_summary, reads_test=False),
+)}
+
+
+def protocol_of(label: str) -> str:
+    """The registry name of a result's ``protocol`` label (``per-class-400x10`` -> ``per-class``)."""
+    for protocol in PROTOCOLS.values():
+        if label == protocol.name or (protocol.label_prefix and label.startswith(protocol.label_prefix + "-")):
+            return protocol.name
+    raise UserError(f"unknown protocol {label!r}; this version knows {', '.join(PROTOCOLS)}")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """How ``evaluate`` runs, besides a config's [data], [features] and [svm]: each default is written here once,
+    and the CLI builds one of these as ``pretrain`` builds a :class:`Config`. ``dataset`` and ``root`` left
+    empty come from the config file, then from the checkpoint."""
+
+    protocol: str = "full"
+    labels_per_class: int = 0  # 0: the protocol's default (Protocol.default_labels)
+    draws: int = 10  # class-balanced draws (per-class), or validation draws per C (svhn-1000)
+    test_draws: int = 100  # svhn-1000
+    val_size: int = 10_000  # svhn-1000: validation images first in the seed-42 shuffle
+    baseline: str = ""  # "", pixels or untrained
+    device: str = "auto"
+    seeds: tuple[int, ...] = (0,)
+    dataset: str = ""
+    root: str = ""
+    select: str = "final"  # final | best-probe: which D of a run directory is evaluated
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise UserError(f"unknown protocol {self.protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        if self.baseline and self.baseline not in BASELINES:
+            raise UserError(f"unknown baseline {self.baseline!r}; choose one of {', '.join(BASELINES)}")
+        if self.dataset and self.dataset not in DATASETS:
+            raise UserError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        if self.device not in DEVICES:
+            raise UserError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.select not in SELECTIONS:
+            raise UserError(f"--select must be one of {', '.join(SELECTIONS)}, got {self.select!r}")
+        if self.draws < 1 or self.test_draws < 1 or self.val_size < 1:
+            raise UserError("--draws, --test-draws and --val-size must be at least 1")
+        if self.labels_per_class < 0 or any(seed < 0 for seed in self.seeds):
+            raise UserError("--labels-per-class and --seeds must not be negative")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise UserError(f"a seed is given twice in --seeds {' '.join(map(str, self.seeds))}")
+
+    @property
+    def labels(self) -> int:
+        return self.labels_per_class or PROTOCOLS[self.protocol].default_labels
+
+    @property
+    def protocol_name(self) -> str:
+        """The protocol with the settings that change its outcome, as results and the report name it."""
+        return PROTOCOLS[self.protocol].label(self)

@@ -3,6 +3,7 @@
 A run directory holds::
 
     config.json            the resolved config (the run's identity: a resume must match it)
+    run.lock               who trains here now (runlock: one writer per run folder)
     metrics.jsonl          one JSON line per logged step and per epoch
     samples/epoch_NNN.png  the fixed-noise sample grid after each epoch
     checkpoint.pt          the latest full training state (also written every train.checkpoint_every steps)
@@ -17,7 +18,6 @@ checkpointed, so a run resumed from any checkpoint replays exactly the steps it 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,14 +26,13 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .artifacts import append_jsonl, atomic_path, provenance, read_json, write_image_grid, write_json
+from .artifacts import append_jsonl, atomic_path, provenance, write_image_grid
 from .augment import diff_augment
 from .checkpoint import (
     BEST_PROBE_FILE,
     DISCRIMINATOR_FILE,
     GENERATOR_FILE,
     TRAINING_FILE,
-    config_of,
     load_checkpoint,
 )
 from .config import Config, TrainConfig
@@ -51,9 +50,10 @@ from .distributed import (
 from .errors import UserError
 from .losses import discriminator_loss, generator_loss, rotation_loss
 from .models import Discriminator, sample_noise
+from .run_folder import check_run_folder, prepare_run
+from .runlock import acquire as acquire_run_lock
 from .runtime import progress, resolve_device, seeded_generator, settled_bf16
 from .training_state import (
-    SPEED_KEYS,
     TrainingState,
     new_state,
     restore_state,
@@ -65,73 +65,19 @@ from .training_state import (
 Echo = Callable[[str], None]
 
 
-def prepare_run(run_dir: Path, config: Config, force: bool) -> dict | None:
-    """Create the run directory or check that ``config`` matches the run already in it.
-
-    Returns the checkpoint payload to resume from, or None for a fresh run."""
-    config_path = run_dir / "config.json"
-    if force and config_path.exists():
-        for name in (TRAINING_FILE, DISCRIMINATOR_FILE, GENERATOR_FILE, BEST_PROBE_FILE, "metrics.jsonl",
-                     "config.json"):
-            (run_dir / name).unlink(missing_ok=True)
-        for name in ("checkpoints", "samples"):
-            shutil.rmtree(run_dir / name, ignore_errors=True)
-    if config_path.exists():
-        stored = config_of({"config": read_json(config_path)}, str(config_path))
-        changed = _changed_keys(stored, config, ignore={"train.epochs", "train.device", "data.root", *SPEED_KEYS},
-                                ignore_sections={"features", "svm"})  # evaluation settings, not training
-        if changed:
-            raise UserError(f"run {run_dir} was started with a different config ({', '.join(changed)}); "
-                            "resume it unchanged, choose a new --out, or pass --force to start over")
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise UserError(f"{run_dir} exists and is not a dcgan-features run; choose a new --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    for stale in [*run_dir.glob(".*.tmp"), *run_dir.glob("checkpoints/.*.tmp")]:
-        stale.unlink()  # left by a process killed mid-write; the file it was replacing is intact
-    payload = load_checkpoint(run_dir / TRAINING_FILE) if (run_dir / TRAINING_FILE).exists() else None
-    if payload is not None:
-        check_schedule_so_far(config_of(payload, str(run_dir / TRAINING_FILE)).train, config.train,
-                              payload["epoch"] + (payload["step"] > 0), run_dir)
-    write_json(config_path, config.to_dict())  # only now: a refused resume leaves the run as it was
-    return payload
-
-
-def check_schedule_so_far(trained: TrainConfig, wanted: TrainConfig, epochs_begun: int, run_dir: Path) -> None:
-    """The learning rate is a function of (epoch, final epoch count). A run whose epoch count changes (``--epochs``)
-    continues exactly as a run started with the new count would, provided the epochs it has begun had the same
-    learning rate under both; otherwise (its decay had already started) it is refused, never restarted silently."""
-    changed = [e for e in range(min(epochs_begun, wanted.epochs)) if trained.lr_at(e) != wanted.lr_at(e)]
-    if changed:
-        raise UserError(
-            f"run {run_dir} has begun {epochs_begun} of {trained.epochs} epochs, whose learning rate decays over the "
-            f"last {trained.lr_decay_epochs} (from epoch {trained.epochs - trained.lr_decay_epochs + 1}); "
-            f"{wanted.epochs} epochs would give epoch {changed[0] + 1}, already begun, another learning rate. "
-            "Start a new run (--out) or --force this one")
-
-
-def _changed_keys(old: Config, new: Config, ignore: set[str], ignore_sections: set[str]) -> list[str]:
-    a, b = old.to_dict(), new.to_dict()
-    keys = [f"{s}.{k}" for s in a if s not in ignore_sections for k in a[s] if a[s][k] != b[s][k]]
-    return [f"{k}: {_get(a, k)!r} -> {_get(b, k)!r}" for k in keys if k not in ignore]
-
-
-def _get(d: dict, dotted: str):
-    section, key = dotted.split(".")
-    return d[section][key]
-
-
 # Scores D's features during training (probe.FeatureProbe): built from the config, the training images and the
 # device, called with D, returns an accuracy in [0, 1]. Passed in, so training never imports a later stage.
 ProbeFactory = Callable[[Config, ImageSet, torch.device], Callable[[Discriminator], float]]
 
 
 def pretrain(config: Config, run_dir: str | Path, *, force: bool = False, echo: Echo = print,
-             make_probe: ProbeFactory | None = None) -> Path:
+             make_probe: ProbeFactory | None = None, config_file: str | Path | None = None) -> Path:
     """Train (or resume) a DCGAN in ``run_dir``; returns the path of the final ``discriminator.pt``.
-    With ``train.probe_every`` and ``make_probe``, D's features are probed as it trains. Under torchrun every rank
-    runs this; rank 0 alone writes and prints (``distributed``)."""
+    With ``train.probe_every`` and ``make_probe``, D's features are probed as it trains. ``config_file`` is the
+    config file the command was given (its name becomes the recipe's in every result of this run). Under torchrun
+    every rank runs this; rank 0 alone writes and prints (``distributed``) and holds the run folder's lock."""
     run_dir = Path(run_dir)
-    started = provenance()  # now: the code that runs is the commit checked out at start
+    started = {**provenance(), "config_file": None if config_file is None else str(config_file)}  # the code now
     world, device = init_world(resolve_device(config.train.device))
     # settled before anything is written, so the run's config, checkpoints and results record what ran
     config = replace(config, train=replace(config.train, bf16=settled_bf16(config.train.bf16, device)))
@@ -139,6 +85,18 @@ def pretrain(config: Config, run_dir: str | Path, *, force: bool = False, echo: 
     if config.train.batch_size % world.size:
         raise UserError(f"train.batch_size {config.train.batch_size} (the global batch) does not split evenly over "
                         f"{world.size} processes")
+    on_main(check_run_folder, run_dir)
+    lock = on_main(acquire_run_lock, run_dir, echo)  # before anything in the folder is read, cleared or written
+    try:
+        return train_run(config, run_dir, world, device, started, force, echo, make_probe)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def train_run(config: Config, run_dir: Path, world: World, device: torch.device, started: dict, force: bool,
+              echo: Echo, make_probe: ProbeFactory | None) -> Path:
+    """:func:`pretrain`'s work, with the run folder held: prepare or resume the run, train, finish."""
     payload = on_main(prepare_run, run_dir, config, force)  # rank 0 reads the checkpoint while checking it
     barrier()  # the run directory is ready (and a --force has cleared it) before any rank reads it
     if not world.is_main and (run_dir / TRAINING_FILE).exists():

@@ -108,12 +108,14 @@ def test_corrupt_checkpoint_gets_one_line(tmp_path, tiny_run):
 
 
 def test_report_aggregates_seeds_and_marks_transfer(tmp_path):
-    from dcgan_features.results import SCHEMA, write_report
+    from dcgan_features.records import SCHEMA
+    from dcgan_features.report import write_report
 
     def result(seed, accuracy, pretrain="cifar10", evaluated="cifar10"):
         return {"schema": SCHEMA, "seed": seed, "test_accuracy": accuracy, "eval_dataset": evaluated,
-                "protocol": "full", "bn_stats": "running", "feature_dim": 7168,
-                "pretrain": {"dataset": pretrain, "architecture": "D64-128-256 k4 32px rgb", "seed": seed}}
+                "protocol": "full", "bn_stats": "running", "feature_dim": 7168, "chosen_C": 1e-3, "validation": [],
+                "pretrain": {"dataset": pretrain, "architecture": "D64-128-256 k4 32px rgb", "seed": seed},
+                "checkpoint": {"kind": "discriminator", "sha256": "0" * 64}}
 
     for i, (seed, acc, pre) in enumerate([(0, 0.70, "cifar10"), (1, 0.72, "cifar10")]):
         (tmp_path / f"r{i}.json").write_text(json.dumps(result(seed, acc, pre)))
@@ -152,8 +154,8 @@ def test_evaluate_seeds_option_takes_several_numbers(tmp_path):
 
 
 def test_per_class_protocol_end_to_end_and_its_bad_input(tmp_path, tiny_run):
-    from dcgan_features.config import EvalConfig
     from dcgan_features.evaluate import evaluate
+    from dcgan_features.protocols import EvalConfig
 
     result = evaluate(tiny_run, EvalConfig(protocol="per-class", labels_per_class=20, draws=3),
                       results_dir=tmp_path / "res",
@@ -164,8 +166,8 @@ def test_per_class_protocol_end_to_end_and_its_bad_input(tmp_path, tiny_run):
 
 
 def test_baselines_run_through_the_same_pipeline(tmp_path, tiny_run):
-    from dcgan_features.config import EvalConfig
     from dcgan_features.evaluate import evaluate
+    from dcgan_features.protocols import EvalConfig
 
     common = dict(results_dir=tmp_path / "res", cache_dir=tmp_path / "cache", overrides={"svm.c_grid": [1e-2]},
                   echo=lambda s: None)
@@ -223,7 +225,7 @@ def test_svhn_protocol_end_to_end_on_official_mat_files(tmp_path, tiny_run):
 
 def test_an_unfinished_run_is_evaluated_with_a_warning_and_marked(tmp_path, tiny_run):
     from dcgan_features.checkpoint import load_checkpoint, save_checkpoint
-    from dcgan_features.results import write_report
+    from dcgan_features.report import write_report
 
     payload = load_checkpoint(tiny_run / "checkpoint.pt")
     (tiny_run / "discriminator.pt").unlink()  # as if the run were killed in its first epoch
@@ -264,9 +266,8 @@ def test_svhn_protocol_takes_data_statistics_as_the_authors_did(tmp_path, tiny_r
     in the order of the seed-42 shuffle, with the last partial batch counted (the authors' SVHN script); other
     protocols use every training image in file order and drop the partial batch."""
     import dcgan_features.evaluate as evaluate_module
-    from dcgan_features.config import EvalConfig
     from dcgan_features.data import load_images
-    from dcgan_features.protocols import svhn_shuffle
+    from dcgan_features.protocols import EvalConfig, svhn_shuffle
 
     from test_data import write_svhn
 
@@ -294,8 +295,8 @@ def test_svhn_protocol_takes_data_statistics_as_the_authors_did(tmp_path, tiny_r
 
 def test_validation_protocol_never_reads_the_test_split_and_stays_out_of_the_report(tmp_path, tiny_run, monkeypatch):
     import dcgan_features.evaluate as evaluate_module
-    from dcgan_features.config import EvalConfig
-    from dcgan_features.results import write_report
+    from dcgan_features.protocols import EvalConfig
+    from dcgan_features.report import write_report
 
     splits, real = [], evaluate_module.load_images
     monkeypatch.setattr(evaluate_module, "load_images", lambda *a, **k: splits.append(a[2]) or real(*a, **k))
@@ -333,8 +334,8 @@ def test_evaluate_selects_the_final_or_the_best_probe_d_and_records_which(tmp_pa
 
 
 def test_evaluate_extracts_flipped_training_images_for_train_hflip(tmp_path, tiny_run):
-    from dcgan_features.config import EvalConfig
     from dcgan_features.evaluate import evaluate
+    from dcgan_features.protocols import EvalConfig
 
     common = dict(cache_dir=tmp_path / "cache", results_dir=tmp_path / "res", echo=lambda s: None)
     plain = evaluate(tiny_run, EvalConfig(protocol="validation"), overrides={"svm.c_grid": [1e-2]}, **common)
@@ -348,8 +349,8 @@ def test_evaluate_extracts_flipped_training_images_for_train_hflip(tmp_path, tin
 
 def test_an_auto_hessian_precision_is_stored_as_the_precision_that_ran(tmp_path, tiny_run, monkeypatch):
     from dcgan_features import runtime
-    from dcgan_features.config import EvalConfig
     from dcgan_features.evaluate import evaluate
+    from dcgan_features.protocols import EvalConfig
 
     common = dict(cache_dir=tmp_path / "cache", echo=lambda s: None)
     ran = {}
@@ -372,8 +373,8 @@ def test_an_auto_hessian_precision_is_stored_as_the_precision_that_ran(tmp_path,
 
 
 def test_ablation_table_states_each_rows_change_from_the_reference(tmp_path, tiny_run):
-    from dcgan_features.config import EvalConfig
     from dcgan_features.evaluate import evaluate
+    from dcgan_features.protocols import EvalConfig
 
     common = dict(results_dir=tmp_path / "abl", cache_dir=tmp_path / "cache", echo=lambda s: None)
     for extra in ({}, {"svm.train_hflip": True}):

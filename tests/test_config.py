@@ -90,7 +90,7 @@ def test_linear_learning_rate_decay():
 
 
 def test_evaluation_settings_hold_their_defaults_once_and_refuse_bad_values():
-    from dcgan_features.config import EvalConfig
+    from dcgan_features.protocols import EvalConfig
 
     assert EvalConfig().protocol_name == "full" and EvalConfig().seeds == (0,)
     assert EvalConfig(protocol="per-class").protocol_name == "per-class-400x10"

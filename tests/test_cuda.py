@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from dcgan_features.config import SvmConfig, apply_overrides
-from dcgan_features.svm import TorchL2SVM, l2svm_objective, standardise
+from dcgan_features.svm import TorchL2SVM, l2svm_objective
+from dcgan_features.svm_rows import standardise
 from dcgan_features.train import pretrain
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU and DCGAN_FEATURES_TEST_CUDA=1")

@@ -170,7 +170,7 @@ def test_mirrored_rows_join_fitting_rows_only(protocol):
 
 
 def test_training_rows_append_the_mirrored_rows_of_the_same_images():
-    from dcgan_features.svm import training_rows
+    from dcgan_features.svm_rows import training_rows
 
     x, m, y = np.arange(12.0).reshape(6, 2), -np.arange(12.0).reshape(6, 2), np.arange(6)
     rows = np.array([1, 4])

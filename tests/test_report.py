@@ -6,14 +6,8 @@ import json
 import pytest
 
 from dcgan_features.config import Config
-from dcgan_features.results import (
-    NOT_EXPERIMENT_KEYS,
-    SCHEMA,
-    config_name,
-    load_results,
-    report_table,
-    write_report,
-)
+from dcgan_features.records import NOT_EXPERIMENT_KEYS, SCHEMA, upgrade
+from dcgan_features.report import load_results, report_table, write_report
 
 
 @pytest.fixture(autouse=True)
@@ -27,11 +21,12 @@ def result(seed=0, accuracy=0.7, **changes):
     config = Config().to_dict()
     config["data"]["dataset"] = "cifar10"
     record = {"schema": SCHEMA, "seed": seed, "test_accuracy": accuracy, "eval_dataset": "cifar10",
+              "chosen_C": 1e-3, "validation": [{"C": 1e-3, "val_accuracy": accuracy}],
               "protocol": "full", "bn_stats": "running", "feature_dim": 7168, "config": config,
               "command": "dcgan-features evaluate --checkpoint runs/a",
               "pretrain": {"dataset": "cifar10", "architecture": "D64-128-256 k4 32px rgb", "seed": seed, "epochs": 25,
                            "provenance": [{"command": "dcgan-features pretrain --config configs/cifar10.toml"}]},
-              "checkpoint": {"kind": "discriminator", "finished": True, "epoch": 25, "step": 0}}
+              "checkpoint": {"kind": "discriminator", "finished": True, "epoch": 25, "step": 0, "sha256": "a" * 64}}
     for dotted, value in changes.items():
         *path, last = dotted.split("__")
         target = record
@@ -71,7 +66,7 @@ def test_results_differing_in_any_one_setting_never_share_a_row(setting, tmp_pat
     target = changed
     for part in path:
         target = target[part]
-    target[last] = other_value(target[last])
+    target[last] = "per-class-20x3" if setting == "protocol" else other_value(target[last])  # a protocol it knows
     table = rows(tmp_path, base, {**changed, "seed": 1})
     assert len(table) == 2, setting
     if len(set(map(tuple, table[["pretrain_data", "eval_dataset", "protocol"]].values))) == 1:
@@ -113,59 +108,46 @@ def test_a_repeated_measurement_is_refused_and_checks_are_left_out(tmp_path):
     assert table["n"].tolist() == [1] and table["mean"].tolist() == [70.0]
 
 
-def test_a_config_file_changed_since_the_run_is_named_with_the_runs_commit(tmp_path):
-    (tmp_path / "configs").mkdir()
-    recipe = tmp_path / "configs" / "cifar10.toml"
-    recipe.write_text('[data]\ndataset = "cifar10"\n')  # what the run used: the defaults
-    trained = result()
-    trained["pretrain"]["provenance"][0]["git_commit"] = "abc1234def"
-    assert config_name(trained) == "cifar10.toml"
-    recipe.write_text('[data]\ndataset = "cifar10"\n[model]\nwidth = 96\n')  # the recipe changed since
-    assert config_name(trained) == "cifar10.toml as of abc1234"
-    (tmp_path / "configs" / "plain.toml").write_text('[data]\ndataset = "cifar10"\n')  # kept under a new name
-    assert config_name(trained) == "plain.toml (was cifar10.toml)"
-    overridden = result(config__model__width=96)  # the command's own --set made it what the file says now
-    overridden["pretrain"]["provenance"][0]["command"] += " --set model.width=96"
-    assert config_name(overridden) == "cifar10.toml"
-    # the training length alone makes no other recipe (a resumed run may change it)
-    longer = result(config__model__width=96, config__train__epochs=40)
-    longer["pretrain"]["provenance"][0]["command"] += " --set model.width=96"
-    assert config_name(longer) == "cifar10.toml"
-    # a file that leaves train.bf16 to the machine matches the bool the run stored (what pretrain settled on)
-    recipe.write_text('[data]\ndataset = "cifar10"\n[train]\nbf16 = "auto"\n')
-    assert config_name(result()) == "cifar10.toml"
-    recipe.write_text('[data]\ndataset = "cifar10"\n[train]\nbf16 = true\n')
-    assert config_name(result()) != "cifar10.toml"
+def test_a_row_is_named_after_the_recipe_its_result_stored_wherever_the_report_runs(tmp_path, monkeypatch):
+    stored = result(recipe={"name": "deep.toml", "config_file": "configs/deep.toml"})
+    legacy = result(seed=1)  # written before the recipe was stored: its recorded --config names it
+    legacy["pretrain"]["provenance"][0]["command"] = "dcgan-features pretrain --config elsewhere/wide.toml --seed 1"
+    (tmp_path / "res").mkdir()
+    for i, r in enumerate((stored, legacy)):
+        (tmp_path / "res" / f"r{i}.json").write_text(json.dumps(r))
+    named = []
+    for where in (tmp_path, tmp_path / "elsewhere"):  # a config file of that name here changes nothing
+        where.mkdir(exist_ok=True)
+        (where / "wide.toml").write_text('[model]\nwidth = 96\n')
+        monkeypatch.chdir(where)
+        named.append(sorted(report_table(load_results(tmp_path / "res"))["recipe"].str.split(";").str[0]))
+    assert named[0] == named[1] == ["deep.toml / wide.toml"]  # one experiment: the row names both files
 
 
-def test_a_config_file_renamed_since_the_run_is_named_after_the_file_that_now_holds_it(tmp_path):
-    (tmp_path / "configs").mkdir()
-    trained = result()  # trained from configs/cifar10.toml, which is gone: its recipe was renamed
-    assert config_name(trained) == "cifar10.toml"  # nothing beside it to tell by: the name the command gave
-    (tmp_path / "configs" / "other.toml").write_text('[data]\ndataset = "cifar10"\n[model]\nwidth = 96\n')
-    assert config_name(trained) == "cifar10.toml"
-    (tmp_path / "configs" / "default.toml").write_text('[data]\ndataset = "cifar10"\n')
-    assert config_name(trained) == "default.toml (was cifar10.toml)"
+def test_a_baseline_is_named_after_the_config_its_evaluation_was_given(tmp_path):
+    pixels = result(baseline="pixels", command="dcgan-features evaluate --baseline pixels --config configs/c.toml")
+    untrained = result(baseline="untrained", command="dcgan-features evaluate --baseline untrained --checkpoint r")
+    assert upgrade(pixels, "p")["recipe"]["name"] == "c.toml"
+    assert upgrade(untrained, "u")["recipe"]["name"] == "defaults"
+    imported = result(checkpoint={"kind": "imported", "sha256": "0" * 64})
+    assert upgrade(imported, "i")["recipe"]["name"] == "imported"
 
 
-def test_a_baseline_evaluated_with_a_config_whose_svm_changed_since_is_named_with_its_commit(tmp_path):
-    (tmp_path / "configs").mkdir()
-    recipe = tmp_path / "configs" / "cifar10.toml"
-    recipe.write_text('[data]\ndataset = "cifar10"\n')
-    pixels = result(baseline="pixels", git_commit="abc1234def",
-                    command="dcgan-features evaluate --baseline pixels --config configs/cifar10.toml --svm torch")
-    assert config_name(pixels) == "cifar10.toml"
-    recipe.write_text('[data]\ndataset = "cifar10"\n[model]\nwidth = 96\n')  # a pixel row has no architecture
-    assert config_name(pixels) == "cifar10.toml"
-    recipe.write_text('[data]\ndataset = "cifar10"\n[svm]\ntrain_hflip = true\n')  # but it has an SVM
-    assert config_name(pixels) == "cifar10.toml as of abc1234"
-    untrained = result(baseline="untrained", command=pixels["command"].replace("pixels", "untrained"))
-    assert config_name(untrained) == "cifar10.toml as of an unknown commit"
-    # evaluate's own flags count as the overrides they are
-    recipe.write_text('[data]\ndataset = "cifar10"\n[svm]\nsolver = "liblinear"\n')
-    assert config_name(pixels) == "cifar10.toml"
-    # a precision the file leaves to the machine matches the one the result records it ran with
-    recipe.write_text('[data]\ndataset = "cifar10"\n[svm]\nhessian_precision = "auto"\n')
-    assert config_name(pixels) == "cifar10.toml"
-    recipe.write_text('[data]\ndataset = "cifar10"\n[svm]\nhessian_precision = "bfloat16"\n')
-    assert config_name(pixels) == "cifar10.toml as of abc1234"
+@pytest.mark.parametrize("damage, message", [
+    (lambda r: r.pop("validation"), "lacks validation"),
+    (lambda r: r.update(schema="dcgan-features/result/v9"), "cannot read"),
+    (lambda r: r.update(protocol="nearest-centroid"), "does not know"),
+    (lambda r: r.pop("test_accuracy"), "without its test_accuracy"),
+])
+def test_a_malformed_result_file_is_an_error_that_names_it(tmp_path, damage, message):
+    from dcgan_features.errors import UserError
+
+    broken = result(seed=1)
+    damage(broken)
+    (tmp_path / "good.json").write_text(json.dumps(result()))
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    with pytest.raises(UserError, match=f"broken.json.*{message}"):
+        load_results(tmp_path)
+    (tmp_path / "broken.json").write_text('{"schema": "dcgan-features/result/v1", "eval_')  # cut short
+    with pytest.raises(UserError, match="broken.json is not readable JSON"):
+        load_results(tmp_path)

@@ -13,9 +13,9 @@ from dcgan_features.svm import (
     make_classifier,
     nystrom_sketch,
     select_c,
-    standardise,
     validation_split,
 )
+from dcgan_features.svm_rows import standardise
 
 
 def blobs(n=600, d=40, classes=5, seed=0, noise=2.0):
@@ -256,7 +256,7 @@ def test_grid_edge_needs_a_strict_improvement():
 def test_read_rows_from_a_memory_mapped_cache_matches_fancy_indexing(tmp_path, monkeypatch):
     """The file-read path (used so mapped pages do not count twice) returns exactly features[rows],
     in the requested order, across block boundaries; slices of a map take the plain path."""
-    import dcgan_features.svm as svm_module
+    import dcgan_features.svm_rows as svm_module
 
     monkeypatch.setattr(svm_module, "CHUNK_VALUES", 7 * 5)  # blocks of 5 rows
     data = np.random.default_rng(0).normal(size=(23, 7)).astype(np.float32)

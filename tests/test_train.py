@@ -316,7 +316,7 @@ def test_the_online_probe_scores_training_images_only_and_leaves_training_as_it_
 
 
 def test_epochs_trained_counts_a_d_saved_at_an_epochs_last_step_as_that_epoch_done():
-    from dcgan_features.results import epochs_trained
+    from dcgan_features.records import epochs_trained
 
     assert epochs_trained({"epoch": 18, "step": 390, "global_step": 7410}) == 19  # a probe's D before epochs_done
     assert epochs_trained({"epoch": 18, "step": 100, "global_step": 7120}) == 18

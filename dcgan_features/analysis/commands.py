@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from ..config import DEVICES
 from ..errors import UserError
 
 OUTPUTS = {"samples": ["samples.png", "z.npy", "samples.json"], "walk": ["walk.png", "walk.json"],
@@ -49,7 +50,8 @@ def models_on(checkpoint: str, device: str):
 checkpoint_argument = click.argument("checkpoint", type=click.Path())
 out_option = click.option("--out", required=True, type=click.Path(), help="Folder for the figure and its JSON.")
 force_option = click.option("--force", is_flag=True, help="Replace this analysis's earlier files in --out.")
-device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+device_option = click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True,
+                             help="auto uses CUDA when present; cuda without a GPU is an error.")
 
 
 @click.group()
@@ -189,7 +191,7 @@ def visualise(checkpoint, dataset, data_root, n_images, seed, out, force, device
 
     if n_images < 1:
         raise UserError("--images must be at least 1")
-    models = models_on(checkpoint, "cpu")
+    models = models_on(checkpoint, device)
     images = _images(dataset, data_root, "test", models).images[:n_images]
     summary = run_visualise(models, images, prepare_out(out, "visualise", force), seed)
     click.echo(f"figures: {', '.join(str(Path(out) / name) for name in summary['figures'])}")

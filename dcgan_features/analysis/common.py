@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..artifacts import atomic_path, provenance, sha256_file, write_json
+from ..artifacts import atomic_path, provenance, read_json, sha256_file, write_json
 from ..checkpoint import (
     DISCRIMINATOR_FILE,
     GENERATOR_FILE,
@@ -87,7 +86,12 @@ def read_handles(samples_dir: str | Path, numbers: list[int], what: str = "sampl
     path = Path(samples_dir) / Z_FILE
     if not path.is_file():
         raise UserError(f"{samples_dir} holds no {Z_FILE}; make numbered samples first with `analyse samples`")
-    z = np.load(path, allow_pickle=False)
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        raise UserError(f"{path} is not a readable .npy array; it may be truncated: make the samples again") from None
+    if z.ndim != 2 or not np.issubdtype(z.dtype, np.floating):
+        raise UserError(f"{path} holds a {z.dtype} array of shape {z.shape}, not one z vector per row")
     if not numbers:
         raise UserError(f"the {what} group is empty: give at least one sample number")
     bad = [n for n in numbers if not 0 <= n < len(z)]
@@ -100,7 +104,10 @@ def check_handles_match(samples_dir: str | Path, models: Models) -> None:
     """Refuse sample numbers made with another checkpoint: the same z gives other images there."""
     info = Path(samples_dir) / SAMPLES_FILE
     if info.is_file():
-        made_with = json.loads(info.read_text()).get("checkpoint_sha256")
+        record = read_json(info)
+        made_with = record.get("checkpoint_sha256") if isinstance(record, dict) else None
+        if not isinstance(record, dict):
+            raise UserError(f"{info} is not a samples record (a JSON object)")
         if made_with and made_with != models.sha256:
             raise UserError(f"the samples in {samples_dir} were made with another checkpoint "
                             f"({made_with[:12]}, not {models.sha256[:12]}); make new ones for this checkpoint")

@@ -18,7 +18,7 @@ import pandas as pd
 from ..artifacts import atomic_path, provenance, sha256_file
 from ..checkpoint import BEST_PROBE_FILE, DISCRIMINATOR_FILE, TRAINING_FILE, load_checkpoint
 from ..errors import UserError
-from ..results import SCHEMA
+from ..report import checkpoint_results
 from .common import pyplot, save_figure
 
 CURVES = [("losses", ["loss_d", "loss_g"]), ("D outputs", ["d_x", "d_g_z"]), ("throughput", ["img_per_s"]),
@@ -31,12 +31,19 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{run_dir} holds no metrics.jsonl: give a run directory made by `pretrain`")
-    rows = []
-    for line in path.read_text().splitlines():
+    rows, lines = [], path.read_text(errors="replace").splitlines()
+    for number, line in enumerate(lines, 1):
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
         except ValueError:
-            pass  # a line cut short by a kill
+            if number == len(lines):
+                continue  # the last line cut short by a kill: the run resumes before it
+            raise UserError(f"{path} line {number} is not JSON: the file is corrupt") from None
+        if not isinstance(row, dict):
+            raise UserError(f"{path} line {number} is not a metrics record")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path} holds no metrics yet: the run has not logged a step")
     return pd.DataFrame(rows)
 
 
@@ -85,24 +92,7 @@ def results_for(run_dir: Path, results_dirs: list[Path]) -> pd.DataFrame:
     """Every result file under ``results_dirs`` that evaluated one of the run's checkpoint files."""
     hashes = {sha256_file(run_dir / name): name for name in (DISCRIMINATOR_FILE, BEST_PROBE_FILE, TRAINING_FILE)
               if (run_dir / name).is_file()}
-    rows = []
-    for folder in results_dirs:
-        for path in sorted(Path(folder).rglob("*.json")):
-            try:
-                result = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue
-            if not isinstance(result, dict) or result.get("schema") != SCHEMA:
-                continue
-            sha = result.get("checkpoint", {}).get("sha256")
-            if sha in hashes:
-                accuracy = result.get("test_accuracy") if result["protocol"] != "validation" else \
-                    result.get("validation_accuracy")
-                rows.append({"checkpoint": hashes[sha], "protocol": result["protocol"], "seed": result["seed"],
-                             "accuracy (%)": f"{100 * accuracy:.2f}",
-                             "measured on": "validation" if result["protocol"] == "validation" else "test",
-                             "C": f"{result['chosen_C']:g}", "features": result["feature_dim"], "file": str(path)})
-    return pd.DataFrame(rows)
+    return checkpoint_results(hashes, results_dirs)
 
 
 def run_record(run_dir: Path) -> dict:

@@ -59,6 +59,7 @@ def guided_backprop(discriminator: Discriminator, images: torch.Tensor, features
     (model range), each with the guided gradient of its largest activation w.r.t. the image that produced it.
     Returns {block: [(channel, image index, gradient (C, H, W)), ...]}."""
     guided = guided_copy(discriminator)
+    images = images.to(next(guided.parameters()).device)  # on D's device; the gradients come back to the CPU
     out = {}
     for block in guided.block_shapes:
         with torch.no_grad():
@@ -70,7 +71,7 @@ def guided_backprop(discriminator: Discriminator, images: torch.Tensor, features
             index = int(peak[:, channel].argmax())
             x = images[index:index + 1].clone().requires_grad_(True)
             guided.block_outputs(x, (block,))[block][0, channel].max().backward()
-            found.append((channel, index, x.grad[0].detach()))
+            found.append((channel, index, x.grad[0].detach().cpu()))
         out[block] = found
     return out
 
@@ -106,9 +107,10 @@ def visualise(models: Models, real_images: torch.Tensor, out_dir: str | Path, se
     left, an untrained D of the same architecture (seeded with ``seed``) on the right."""
     out_dir = Path(out_dir)
     torch.manual_seed(seed)
-    untrained = build_models(models.config.model)[1].eval()
+    device = next(models.discriminator.parameters()).device  # the analysis runs where --device put the models
+    untrained = build_models(models.config.model)[1].eval().to(device)
     images = to_model_range(real_images)
-    maps = {"trained": guided_backprop(models.discriminator.cpu(), images, features_per_block),
+    maps = {"trained": guided_backprop(models.discriminator, images, features_per_block),
             "untrained": guided_backprop(untrained, images, features_per_block)}
     filters = first_layer_filters(models.discriminator, out_dir / "filters.png")
     first_layer_filters(untrained, out_dir / "filters_untrained.png")
