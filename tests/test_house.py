@@ -1,5 +1,5 @@
 """The house: results recorded whole whatever the launcher, the report a pure reader, one registry per choice,
-one writer per run folder, and a one-line answer to every class of bad input (README 'Bad input')."""
+one writer per run folder, and a one-line answer to every class of bad input (docs/bad-input.md)."""
 
 import json
 import os
@@ -172,7 +172,7 @@ def test_workers_exit_when_their_launcher_is_killed_and_the_run_is_taken_over(tm
     assert messages == [] or (len(messages) == 1 and "gone without releasing it" in messages[0])
 
 
-# ----- bad input, by class (README 'Bad input') -----
+# ----- bad input, by class (docs/bad-input.md) -----
 
 @pytest.mark.parametrize("setting, message", [
     ("model.width=0", "model.width must be at least 1"), ("model.z_dim=-3", "model.z_dim must be at least 1"),
