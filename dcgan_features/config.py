@@ -232,6 +232,9 @@ class FeatureConfig:
 
     layers: tuple[str, ...] = ()  # block names, e.g. ("conv1", "conv2"); empty = every conv block
     grid: int = 4  # each block is max-pooled to grid x grid
+    # A spatial pyramid beside the grid: each block also pooled to each of these grid sizes (e.g. [2, 1]), the
+    # pools concatenated after the grid's. Empty (the paper's read-out): the grid alone.
+    pyramid: tuple[int, ...] = ()
     pool: str = "max"  # max | avg
     bn_stats: str = "running"  # running (D's averages) | data (recomputed from the training images)
     batch_size: int = 256
@@ -242,6 +245,10 @@ class FeatureConfig:
         if self.bn_stats not in BN_STATS:
             raise UserError(f"features.bn_stats must be one of {', '.join(BN_STATS)}")
         check_at_least(self, "features", ("grid", "batch_size"), 1)
+        if any(not isinstance(g, int) or g < 1 for g in self.pyramid) or len(set(self.pyramid)) != len(self.pyramid):
+            raise UserError(f"features.pyramid must hold distinct grid sizes of at least 1, got {list(self.pyramid)}")
+        if self.grid in self.pyramid:
+            raise UserError(f"features.pyramid repeats features.grid ({self.grid}): list only the extra grids")
         if len(set(self.layers)) != len(self.layers):
             raise UserError(f"features.layers names a block twice: {list(self.layers)}")
 
@@ -257,6 +264,10 @@ class SvmConfig:
     # Augment the SVM's fitting rows with the features of the same images flipped left-right (validation and test
     # rows are never flipped): twice the rows, so about twice the SVM time.
     train_hflip: bool = False
+    # Score every validation and test image by the mean of the SVM's decision over the image and its mirror image
+    # (a two-view read-out; the paper scores one view, so the report labels such rows as another read-out).
+    # Validation and test alike, so C is chosen for the read-out that is scored.
+    score_hflip: bool = False
     max_iter: int = 1000
     tol: float = 1e-4
     # torch solver: precision of the Hessian products inside CG. bfloat16 halves their memory traffic; the

@@ -173,12 +173,15 @@ def write_result(path: Path, result: dict[str, Any], force: bool) -> None:
 
 def run_protocol(run: Run, features: dict[str, FeatureSet], device: torch.device) -> Outcome:
     """The protocol the settings name (from the registry), on the (memory-mapped) train and test features; the
-    training images' mirrored features, when ``svm.train_hflip`` extracted them, join the SVM's fitting rows."""
+    training images' mirrored features join the SVM's fitting rows under ``svm.train_hflip``, and the mirrored
+    features of every split score its images by two views under ``svm.score_hflip``."""
     svm, train, test = run.subject.config.svm, features["train"], features.get("test")
+    mirror = lambda split, wanted: features[split].features if wanted and split in features else None  # noqa: E731
     inputs = ProtocolInputs(train.features, train.labels, None if test is None else test.features,
                             None if test is None else test.labels, svm, run.seed,
                             partial(make_classifier, svm, device=str(device)),
-                            features["train_mirrored"].features if "train_mirrored" in features else None)
+                            mirror("train_mirrored", svm.train_hflip), mirror("train_mirrored", svm.score_hflip),
+                            mirror("test_mirrored", svm.score_hflip))
     return PROTOCOLS[run.settings.protocol].run(inputs, run.settings)
 
 
@@ -228,8 +231,8 @@ def evaluate_seeds(checkpoint: str | Path | None, settings: EvalConfig = EvalCon
 
 def extract_splits(run: Run, cache_dir, device, echo) -> tuple[dict[str, FeatureSet], PoolingSpec, dict]:
     """Train and test features of the run's dataset (cached), with batch-norm statistics as configured, and with
-    ``svm.train_hflip`` those of the training images flipped left-right ("train_mirrored"). The validation
-    protocol never loads the test split."""
+    ``svm.train_hflip`` or ``svm.score_hflip`` those of the images flipped left-right ("train_mirrored", and with
+    ``score_hflip`` "test_mirrored"). The validation protocol never loads the test split."""
     subject, config = run.subject, run.subject.config
     spec = PoolingSpec.from_config(config.features, subject.discriminator)
     if subject.baseline == "pixels":
@@ -239,9 +242,11 @@ def extract_splits(run: Run, cache_dir, device, echo) -> tuple[dict[str, Feature
     data = {split: load_images(run.dataset, config.data.root, split, image_size=config.model.image_size,
                                channels=config.model.channels, download=config.data.download)
             for split in (("train", "test") if PROTOCOLS[run.settings.protocol].reads_test else ("train",))}
-    if config.svm.train_hflip:
-        train = data["train"]
-        data["train_mirrored"] = replace(train, images=train.images.flip(-1).contiguous(), split=f"{train.split}-hflip")
+    mirrored = (("train",) if config.svm.train_hflip else ()) + (tuple(data) if config.svm.score_hflip else ())
+    for split in sorted(set(mirrored), key=("train", "test").index):
+        images = data[split]
+        data[f"{split}_mirrored"] = replace(images, images=images.images.flip(-1).contiguous(),
+                                            split=f"{images.split}-hflip")
     timings = {"load_data_s": round(time.perf_counter() - start, 2)}
     bn_key = "running"
     if config.features.bn_stats == "data" and subject.baseline != "pixels":

@@ -36,11 +36,13 @@ from .runtime import progress
 
 @dataclass(frozen=True)
 class PoolingSpec:
-    """Which blocks, pooled how: the whole definition of the feature vector, as data."""
+    """Which blocks, pooled how: the whole definition of the feature vector, as data. ``pyramid`` holds extra grid
+    sizes (a spatial pyramid beside ``grid``: every block also pooled to each of them); empty, the paper's read-out."""
 
     layers: tuple[str, ...]
     grid: int
     pool: str
+    pyramid: tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: FeatureConfig, discriminator: Discriminator) -> "PoolingSpec":
@@ -49,14 +51,27 @@ class PoolingSpec:
         unknown = [name for name in layers if name not in available]
         if unknown:
             raise UserError(f"features.layers names {unknown}, but this discriminator has {list(available)}")
-        return cls(tuple(layers), cfg.grid, cfg.pool)
+        return cls(tuple(layers), cfg.grid, cfg.pool, tuple(cfg.pyramid))
+
+    @property
+    def grids(self) -> tuple[int, ...]:
+        """Every grid each block is pooled to, in the order their pools are concatenated (``grid`` first)."""
+        return (self.grid, *self.pyramid)
 
     def dimension(self, discriminator: Discriminator) -> int:
-        return sum(discriminator.block_shapes[name][0] * self.grid**2 for name in self.layers)
+        cells = sum(g**2 for g in self.grids)
+        return sum(discriminator.block_shapes[name][0] * cells for name in self.layers)
 
     def describe(self, discriminator: Discriminator) -> str:
-        parts = [f"{name} {discriminator.block_shapes[name][0]}x{self.grid}x{self.grid}" for name in self.layers]
+        grids = "+".join(f"{g}x{g}" for g in self.grids)
+        grids = grids if not self.pyramid else f"({grids})"
+        parts = [f"{name} {discriminator.block_shapes[name][0]}x{grids}" for name in self.layers]
         return f"{' + '.join(parts)} = {self.dimension(discriminator):,} features ({self.pool}-pooled)"
+
+    def key(self) -> dict[str, Any]:
+        """The spec as the feature cache's key holds it: without ``pyramid`` when there is none, so the entries
+        written before the pyramid existed stay valid."""
+        return {k: v for k, v in asdict(self).items() if k != "pyramid" or v}
 
 
 class FrozenExtractor(nn.Module):
@@ -76,7 +91,8 @@ class FrozenExtractor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         outputs = self.discriminator.block_outputs(x, self.spec.layers)
         pool = F.adaptive_max_pool2d if self.spec.pool == "max" else F.adaptive_avg_pool2d
-        return torch.cat([pool(outputs[name], self.spec.grid).flatten(1) for name in self.spec.layers], dim=1)
+        return torch.cat([pool(outputs[name], grid).flatten(1) for name in self.spec.layers
+                          for grid in self.spec.grids], dim=1)
 
 
 class PixelExtractor(nn.Module):
@@ -121,7 +137,7 @@ class FeatureSet:
 
 def cache_key(checkpoint_sha256: str, spec: PoolingSpec, data: ImageSet, bn_stats: str) -> dict[str, Any]:
     """Everything that determines the features, as plain JSON values (so it compares equal once stored)."""
-    return json.loads(json.dumps({"checkpoint_sha256": checkpoint_sha256, "spec": asdict(spec), "dataset": data.name,
+    return json.loads(json.dumps({"checkpoint_sha256": checkpoint_sha256, "spec": spec.key(), "dataset": data.name,
             "split": data.split, "num_images": len(data), "data_sha256": data.fingerprint(), "bn_stats": bn_stats}))
 
 

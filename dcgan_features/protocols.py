@@ -29,7 +29,7 @@ import numpy as np
 from .config import BASELINES, DATASETS, DEVICES, SELECTIONS, SvmConfig
 from .errors import UserError
 from .runtime import progress
-from .svm import ClassifierFactory, choose_c, convergence, fit_and_score, select_c, starting_from
+from .svm import ClassifierFactory, choose_c, convergence, fit_and_score, predict_views, select_c, starting_from
 from .svm_rows import fitted_scaler, read_rows, scale_in_place, training_rows
 
 
@@ -67,14 +67,16 @@ def fit_log(stage: str, fits: list[dict], **where) -> list[dict]:
 
 
 def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
-             mirrored=None) -> dict:
+             mirrored=None, val_mirror=None, test_mirror=None) -> dict:
     """All training images: C on a stratified validation split, refit on everything, test once.
 
     With ``mirrored`` (features of the training images flipped left-right) every fitting row is joined by its
-    mirror image; validation and test rows never are. The arrays are built one at a time, so the sweep's, the
-    refit's and the test's copies never coexist."""
+    mirror image; validation and test rows never are. With ``val_mirror`` and ``test_mirror`` (the training and
+    test images' mirrored features, ``svm.score_hflip``) each validation and test image is scored by the mean
+    decision over it and its mirror. The arrays are built one at a time, so the sweep's, the refit's and the
+    test's copies never coexist."""
     start = time.perf_counter()
-    selection = select_c(train_x, train_y, cfg, seed, factory, mirrored, label=SWEEP_LABEL)
+    selection = select_c(train_x, train_y, cfg, seed, factory, mirrored, label=SWEEP_LABEL, scoring_mirror=val_mirror)
     select_s = time.perf_counter() - start
     X, y = training_rows(train_x, train_y, np.arange(len(train_y)), mirrored)
     scaler = fitted_scaler(X) if cfg.standardize else None
@@ -87,21 +89,21 @@ def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factor
         bar.update(1)
     refit_s = time.perf_counter() - start
     del X
-    X_test = read_rows(test_x, np.arange(len(test_y)))
-    if scaler is not None:
-        scale_in_place(X_test, scaler)
+    views = [read_rows(array, np.arange(len(test_y))) for array in (test_x, test_mirror) if array is not None]
+    for view in views if scaler is not None else ():
+        scale_in_place(view, scaler)
     fits = fit_log("sweep", selection.table) + fit_log("refit", [{"C": selection.best_c, **convergence(model)}])
-    return Outcome(float(np.mean(model.predict(X_test) == test_y)), selection.best_c, selection.table,
+    return Outcome(float(np.mean(predict_views(model, *views) == test_y)), selection.best_c, selection.table,
                    selection.at_grid_edge, fits, int(len(train_y)), selection.n_fit, selection.n_val,
                    {"select_c_s": round(select_s, 2), "refit_s": round(refit_s, 3)})
 
 
 def run_validation(train_x, train_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
-                   mirrored=None) -> Outcome:
+                   mirrored=None, val_mirror=None) -> Outcome:
     """The ``full`` protocol's selection alone: C swept on the same stratified validation split of the training
     set (the same seed gives the same split), and the best validation accuracy reported. Takes no test data."""
     start = time.perf_counter()
-    selection = select_c(train_x, train_y, cfg, seed, factory, mirrored, label=SWEEP_LABEL)
+    selection = select_c(train_x, train_y, cfg, seed, factory, mirrored, label=SWEEP_LABEL, scoring_mirror=val_mirror)
     best = next(row["val_accuracy"] for row in selection.table if row["C"] == selection.best_c)
     return Outcome(None, selection.best_c, selection.table, selection.at_grid_edge, fit_log("sweep", selection.table),
                    int(len(train_y)), selection.n_fit, selection.n_val,
@@ -127,15 +129,19 @@ def class_balanced_draw(labels: np.ndarray, per_class: int, rng: np.random.Gener
 
 
 def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
-                  labels_per_class: int, draws: int, mirrored=None) -> dict:
+                  labels_per_class: int, draws: int, mirrored=None, val_mirror=None, test_mirror=None) -> dict:
+    """``draws`` class-balanced draws of ``labels_per_class`` labelled images; C by the mean validation accuracy
+    over the draws' own validation parts; each draw refit at that C and scored on test (mirrors as in
+    :func:`run_full`)."""
     if draws < 1:
         raise UserError("--draws must be at least 1")
     start = time.perf_counter()
     pools = [class_balanced_draw(train_y, labels_per_class, np.random.default_rng([seed, d])) for d in range(draws)]
     # Selection: every draw's own validation split, C by the mean validation accuracy over draws.
-    mirror = (lambda rows: None) if mirrored is None else (lambda rows: mirrored[rows])  # noqa: E731
+    mirror = lambda array, rows: None if array is None else array[rows]  # noqa: E731
     with progress(draws, f"SVM: C sweep on each of {draws} draws") as bar:
-        tables = [_counted(bar, select_c(train_x[rows], train_y[rows], cfg, seed + d, factory, mirror(rows)).table)
+        tables = [_counted(bar, select_c(train_x[rows], train_y[rows], cfg, seed + d, factory, mirror(mirrored, rows),
+                                         scoring_mirror=mirror(val_mirror, rows)).table)
                   for d, rows in enumerate(pools)]
     best, validation, edge = summarise_draws({row["C"]: [t[i]["val_accuracy"] for t in tables]
                                               for i, row in enumerate(tables[0])}, cfg)
@@ -144,7 +150,8 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     start = time.perf_counter()
     with progress(draws, f"SVM: refit each draw at C={best:g}") as bar:
         refits = [_counted(bar, fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory,
-                                              cfg.standardize, mirror(rows))) for rows in pools]
+                                              cfg.standardize, mirror(mirrored, rows), test_mirror))
+                  for rows in pools]
     accuracies = [r["test_accuracy"] for r in refits]
     fits = [f for d, t in enumerate(tables) for f in fit_log("sweep", t, draw=d)] + \
         [f for d, r in enumerate(refits) for f in fit_log("refit", [r], draw=d)]
@@ -166,7 +173,7 @@ def svhn_shuffle(n: int, val_size: int, split_seed: int = 42) -> np.ndarray:
 
 def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
                   labels_per_class: int = 100, val_draws: int = 10, test_draws: int = 100, val_size: int = 10_000,
-                  split_seed: int = 42, mirrored=None) -> dict:
+                  split_seed: int = 42, mirrored=None, val_mirror=None, test_mirror=None) -> dict:
     """The authors' SVHN protocol (Radford et al. 2015, Table 2).
 
     Shuffle the training images with ``split_seed``; the first ``val_size`` are validation, the rest the
@@ -179,17 +186,19 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
                                                    np.random.default_rng([seed, k]))]
     start = time.perf_counter()
     val_x, val_y = train_x[val_rows], train_y[val_rows]
-    fit = lambda rows, x, y, C: fit_and_score(train_x[rows], train_y[rows], x, y, C, factory,  # noqa: E731
-                                              cfg.standardize, None if mirrored is None else mirrored[rows])
+    val_x_mirror = None if val_mirror is None else val_mirror[val_rows]
+    fit = lambda rows, x, y, C, x_mirror: fit_and_score(  # noqa: E731
+        train_x[rows], train_y[rows], x, y, C, factory, cfg.standardize,
+        None if mirrored is None else mirrored[rows], x_mirror)
     with progress(len(cfg.c_grid) * val_draws, f"SVM: {val_draws} validation draws per C") as bar:
-        val_fits = {C: [_counted(bar, fit(rows, val_x, val_y, C)) for rows in map(draw, range(val_draws))]
+        val_fits = {C: [_counted(bar, fit(rows, val_x, val_y, C, val_x_mirror)) for rows in map(draw, range(val_draws))]
                     for C in sorted(cfg.c_grid)}
     best, validation, edge = summarise_draws({C: [f["test_accuracy"] for f in fits]
                                               for C, fits in val_fits.items()}, cfg)
     select_s = time.perf_counter() - start
     start = time.perf_counter()
     with progress(test_draws, f"SVM: {test_draws} test draws at C={best:g}") as bar:
-        test_fits = [_counted(bar, fit(rows, test_x, test_y, best))
+        test_fits = [_counted(bar, fit(rows, test_x, test_y, best, test_mirror))
                      for rows in map(draw, range(val_draws, val_draws + test_draws))]
     errors = np.array([1 - f["test_accuracy"] for f in test_fits])
     std = float(errors.std(ddof=1)) if test_draws > 1 else 0.0
@@ -205,7 +214,8 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
 @dataclass(frozen=True)
 class ProtocolInputs:
     """What every protocol is given: the (memory-mapped) features and labels, the SVM settings, the seed, the
-    classifier factory, and the mirrored training features when ``svm.train_hflip`` extracted them."""
+    classifier factory, the mirrored training features that join the fitting rows (``svm.train_hflip``), and the
+    training and test images' mirrored features that score each image by two views (``svm.score_hflip``)."""
 
     train_x: Any
     train_y: np.ndarray
@@ -215,6 +225,13 @@ class ProtocolInputs:
     seed: int
     factory: ClassifierFactory
     mirrored: Any = None
+    val_mirror: Any = None
+    test_mirror: Any = None
+
+    @property
+    def mirrors(self) -> dict[str, Any]:
+        """The mirrored features as the protocol functions take them (keyword arguments)."""
+        return {"mirrored": self.mirrored, "val_mirror": self.val_mirror, "test_mirror": self.test_mirror}
 
     @property
     def arrays(self) -> tuple:
@@ -266,17 +283,18 @@ def _svhn_summary(r: dict) -> str:
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("full", "all training labels; C on a validation split, refit on all, test once",
-             lambda i, s: run_full(*i.arrays, mirrored=i.mirrored), lambda s: "full", _full_summary),
+             lambda i, s: run_full(*i.arrays, **i.mirrors), lambda s: "full", _full_summary),
     Protocol("per-class", "repeated class-balanced draws of --labels-per-class labels (the paper's 400 per class)",
-             lambda i, s: run_per_class(*i.arrays, s.labels, s.draws, mirrored=i.mirrored),
+             lambda i, s: run_per_class(*i.arrays, s.labels, s.draws, **i.mirrors),
              lambda s: f"per-class-{s.labels}x{s.draws}", _per_class_summary, default_labels=400,
              label_prefix="per-class"),
     Protocol("svhn-1000", "the paper authors' SVHN protocol (100 labels per class, fixed validation split)",
-             lambda i, s: run_svhn_1000(*i.arrays, s.labels, s.draws, s.test_draws, s.val_size, mirrored=i.mirrored),
+             lambda i, s: run_svhn_1000(*i.arrays, s.labels, s.draws, s.test_draws, s.val_size, **i.mirrors),
              lambda s: f"svhn-{s.labels}pc-{s.draws}x{s.test_draws}-val{s.val_size}", _svhn_summary,
              default_labels=100, label_prefix="svhn"),
     Protocol("validation", "full's C sweep alone, for choosing recipes: the test split is never read",
-             lambda i, s: run_validation(i.train_x, i.train_y, i.svm, i.seed, i.factory, mirrored=i.mirrored),
+             lambda i, s: run_validation(i.train_x, i.train_y, i.svm, i.seed, i.factory, i.mirrored,
+                                                        i.val_mirror),
              lambda s: "validation", _validation_summary, reads_test=False),
 )}
 

@@ -261,18 +261,36 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 
 def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int,
-             factory: ClassifierFactory, mirrored: np.ndarray | None = None, label: str | None = None) -> Selection:
-    """Choose C by accuracy on a validation split of the training set. Takes no test data by design."""
+             factory: ClassifierFactory, mirrored: np.ndarray | None = None, label: str | None = None,
+             scoring_mirror: np.ndarray | None = None) -> Selection:
+    """Choose C by accuracy on a validation split of the training set. Takes no test data by design.
+
+    ``mirrored`` (the same images' features flipped left-right) joins the fitting rows; ``scoring_mirror`` (the
+    same array, under ``svm.score_hflip``) scores each validation row by its two views' mean decision."""
     fit_rows, val_rows = validation_split(labels, cfg.val_fraction, seed)
     x_fit, y_fit = training_rows(features, labels, fit_rows, mirrored)
-    x_fit, x_val = standardise(x_fit, read_rows(features, val_rows), copy=False, enabled=cfg.standardize)
-    return sweep_c(x_fit, y_fit, x_val, labels[val_rows], cfg, factory, label)
+    val_views = [read_rows(features, val_rows)]
+    if scoring_mirror is not None:
+        val_views.append(read_rows(scoring_mirror, val_rows))
+    x_fit, *val_views = standardise(x_fit, *val_views, copy=False, enabled=cfg.standardize)
+    return sweep_c(x_fit, y_fit, val_views[0], labels[val_rows], cfg, factory, label, *val_views[1:])
+
+
+def predict_views(model, X: np.ndarray, X_mirror: np.ndarray | None = None) -> np.ndarray:
+    """The model's labels for ``X``; with ``X_mirror`` (the same images flipped left-right), for the mean of the
+    decision over both views (``svm.score_hflip``)."""
+    if X_mirror is None:
+        return model.predict(X)
+    decision = model.decision_function(X) + model.decision_function(X_mirror)
+    if decision.ndim == 1:  # a two-class LinearSVC: one column, positive for classes_[1]
+        return model.classes_[(decision > 0).astype(int)]
+    return model.classes_[np.argmax(decision, axis=1)]
 
 
 def sweep_c(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, cfg: SvmConfig,
-            factory: ClassifierFactory, label: str | None = None) -> Selection:
+            factory: ClassifierFactory, label: str | None = None, x_val_mirror: np.ndarray | None = None) -> Selection:
     """Fit every C of the grid on (x_fit, y_fit) and score it on the validation arrays (with ``label``, a progress
-    bar over the grid).
+    bar over the grid; with ``x_val_mirror``, by the mean decision over each image and its mirror).
 
     The grid is swept from small to large C so a warm-starting solver starts near its answer;
     ties go to the smaller C (the stronger regularisation), as in :func:`choose_c`."""
@@ -282,7 +300,7 @@ def sweep_c(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.n
         for C in sorted(cfg.c_grid):
             start = time.perf_counter()
             model = _refit(model, factory, C).fit(x_fit, y_fit)
-            accuracy = float(np.mean(model.predict(x_val) == y_val))
+            accuracy = float(np.mean(predict_views(model, x_val, x_val_mirror) == y_val))
             table[C] = {"C": C, "val_accuracy": accuracy, "fit_seconds": round(time.perf_counter() - start, 3),
                         **convergence(model)}
             if getattr(model, "warm_start", False):  # a solver that can start from a solution: keep each one
@@ -334,14 +352,15 @@ def _refit(previous, factory: ClassifierFactory, C: float):
 
 def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                   C: float, factory: ClassifierFactory, standardize: bool = True,
-                  mirrored_x: np.ndarray | None = None) -> dict:
+                  mirrored_x: np.ndarray | None = None, test_mirror: np.ndarray | None = None) -> dict:
     """Refit on the whole training set (and its mirrored rows, when given) at ``C`` and score the test set, once
-    (inputs are left alone)."""
+    (inputs are left alone); with ``test_mirror``, by each test image's mean decision over it and its mirror."""
     if mirrored_x is not None:
         train_x, train_y = training_rows(train_x, train_y, np.arange(len(train_y)), mirrored_x)
-    x_train, x_test = standardise(train_x, test_x, enabled=standardize)
+    views = (test_x,) if test_mirror is None else (test_x, test_mirror)
+    x_train, *x_test = standardise(train_x, *views, enabled=standardize)
     start = time.perf_counter()
     model = factory(C).fit(x_train, train_y)
     fit_seconds = time.perf_counter() - start
-    accuracy = float(np.mean(model.predict(x_test) == test_y))
+    accuracy = float(np.mean(predict_views(model, *x_test) == test_y))
     return {"test_accuracy": accuracy, "C": C, "fit_seconds": round(fit_seconds, 3), **convergence(model)}
