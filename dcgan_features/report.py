@@ -24,10 +24,11 @@ from .records import (
     identity_hash,
     is_result,
     known_pretrain_seed,
+    read_out,
     upgrade,
 )
 
-GROUP_COLUMNS = ["pretrain_data", "architecture", "eval_dataset", "transfer", "protocol", "bn_stats"]
+GROUP_COLUMNS = ["pretrain_data", "architecture", "eval_dataset", "transfer", "protocol", "read-out", "bn_stats"]
 
 
 def scan_results(folder: str | Path, include_checks: bool = False) -> Iterator[tuple[Path, dict[str, Any]]]:
@@ -74,6 +75,7 @@ def report_row(path: Path, result: dict[str, Any]) -> dict[str, Any]:
     identity = experiment_identity(result)
     return {"pretrain_data": result["pretrain"]["dataset"], "architecture": result["pretrain"]["architecture"],
             "eval_dataset": result["eval_dataset"], "protocol": result["protocol"], "transfer": _transfer(result),
+            "read-out": read_out(result),
             "bn_stats": "-" if result.get("baseline") == "pixels" else result.get("bn_stats", "running"),
             "accuracy": score(result), "seed": result["seed"],
             "pretrain_seed": known_pretrain_seed(result["checkpoint"].get("kind"), result["pretrain"].get("seed")),
@@ -153,13 +155,16 @@ def recipe_labels(table: pd.DataFrame) -> list[str]:
 # Radford, Metz & Chintala (2015), Tables 1 and 2, shown beside our rows and never computed here.
 PAPER_REFERENCE = [
     {"pretrain_data": "PAPER (reference, not run here): ImageNet-1k", "architecture": "paper DCGAN, 28,672-d",
-     "eval_dataset": "cifar10", "transfer": "yes", "protocol": "full", "bn_stats": "", "recipe": "",
+     "eval_dataset": "cifar10", "transfer": "yes", "protocol": "full",
+     "read-out": "paper", "bn_stats": "", "recipe": "",
      "accuracy (%)": "82.80", "draw std": "", "n": "", "seeds (pretrain / eval)": "", "feature_dim": "28672"},
     {"pretrain_data": "PAPER (reference, not run here): ImageNet-1k", "architecture": "paper DCGAN, 28,672-d",
-     "eval_dataset": "cifar10", "transfer": "yes", "protocol": "per-class-400", "bn_stats": "", "recipe": "",
+     "eval_dataset": "cifar10", "transfer": "yes", "protocol": "per-class-400",
+     "read-out": "paper", "bn_stats": "", "recipe": "",
      "accuracy (%)": "73.80", "draw std": "0.40", "n": "", "seeds (pretrain / eval)": "", "feature_dim": "28672"},
     {"pretrain_data": "PAPER (reference, not run here): SVHN", "architecture": "paper SVHN DCGAN",
-     "eval_dataset": "svhn", "transfer": "no", "protocol": "svhn-1000-labels", "bn_stats": "data", "recipe": "",
+     "eval_dataset": "svhn", "transfer": "no", "protocol": "svhn-1000-labels",
+     "read-out": "paper", "bn_stats": "data", "recipe": "",
      "accuracy (%)": "77.52 (22.48% error)", "draw std": "", "n": "",
      "seeds (pretrain / eval)": "", "feature_dim": "7168"},
 ]
@@ -167,7 +172,10 @@ PAPER_REFERENCE = [
 
 REPORT_FOOTNOTE = ("Test accuracy; ± is the sample standard deviation over the n results (seeds) in the row; "
                    "draw std is the mean standard deviation over label draws within a result. C was chosen on a "
-                   "validation split of the training set in every row.")
+                   "validation split of the training set in every row. read-out: paper = every block max-pooled "
+                   "to one 4x4 grid and one view of each test image, as in the paper; other rows pool more grids or "
+                   "score each image by the mean decision over it and its mirror (2 views), a different read-out "
+                   "of the same D.")
 README_MARKERS = ("<!-- report:begin -->", "<!-- report:end -->")
 
 

@@ -69,8 +69,19 @@ def test_results_differing_in_any_one_setting_never_share_a_row(setting, tmp_pat
     target[last] = "per-class-20x3" if setting == "protocol" else other_value(target[last])  # a protocol it knows
     table = rows(tmp_path, base, {**changed, "seed": 1})
     assert len(table) == 2, setting
-    if len(set(map(tuple, table[["pretrain_data", "eval_dataset", "protocol"]].values))) == 1:
+    if len(set(map(tuple, table[["pretrain_data", "eval_dataset", "protocol", "read-out"]].values))) == 1:
         assert table["recipe"].nunique() == 2  # rows that look alike say how they differ
+
+
+@pytest.mark.parametrize("settings, label", [
+    ({}, "paper"), ({"grid": 2}, "2x2 pool, 1 view"), ({"pyramid": [2, 1]}, "4x4+2x2+1x1 pool, 1 view"),
+    ({"score_hflip": True}, "4x4 pool, 2 views"), ({"pyramid": [1], "score_hflip": True}, "4x4+1x1 pool, 2 views")])
+def test_a_read_out_other_than_the_papers_is_labelled_in_its_own_column(settings, label, tmp_path):
+    changed = copy.deepcopy(result(seed=0))
+    for key, value in settings.items():
+        changed["config"]["svm" if key == "score_hflip" else "features"][key] = value
+    table = rows(tmp_path, changed)
+    assert table["read-out"].tolist() == [label]
 
 
 def test_seeds_and_settings_that_change_nothing_share_a_row(tmp_path):
