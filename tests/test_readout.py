@@ -17,6 +17,7 @@ from dcgan_features.svm import predict_views
 
 from test_cli import fail, tiny_run  # noqa: F401
 from test_features import discriminator
+from test_levers import SpyClassifier
 
 
 def test_a_pyramid_adds_each_blocks_coarser_pools_after_its_grid():
@@ -76,23 +77,14 @@ def test_two_views_are_scored_by_their_mean_decision():
     assert predict_views(model, view, view)[0] == predict_views(model, view)[0]
 
 
-class SpyViews:
-    """A classifier that records how many rows it scores through decision_function and predict."""
+class SpyViews(SpyClassifier):
+    """:class:`SpyClassifier` that also records the rows it scores through decision_function (one view each)."""
 
-    def __init__(self, log):
-        self.log, self.n_iter_, self.converged_, self.classes_ = log, 1, True, np.array([0, 1, 2, 3])
-
-    def fit(self, X, y):
-        self.log.append(("fit", len(X)))
-        return self
+    classes_ = np.array([0, 1, 2, 3])
 
     def decision_function(self, X):
         self.log.append(("view", len(X)))
         return np.zeros((len(X), 4))
-
-    def predict(self, X):
-        self.log.append(("predict", len(X)))
-        return np.zeros(len(X), int)
 
 
 @pytest.mark.parametrize("protocol", ["full", "validation", "per-class", "svhn-1000"])
