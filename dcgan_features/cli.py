@@ -160,6 +160,10 @@ class EvaluateCommand(SeedsCommand):
               help="Test draws (svhn-1000).")
 @click.option("--val-size", type=int, default=EvalConfig.val_size, show_default=True,
               help="Validation images taken first from the seed-42 shuffle (svhn-1000).")
+@click.option("--knn-k", "knn_k", type=int, multiple=True, default=EvalConfig.knn_k, show_default=True,
+              help="knn: a value of k to try on validation (repeat the flag for several).")
+@click.option("--knn-temperature", type=float, default=EvalConfig.knn_temperature, show_default=True,
+              help="knn: each neighbour votes exp(cosine / temperature).")
 @click.option("--baseline", type=click.Choice(BASELINES), default=None,
               help="Evaluate a baseline instead of the checkpoint's D: standardised raw pixels, or a freshly "
                    "initialised D of the checkpoint's architecture (seeded by --seed).")
@@ -185,14 +189,15 @@ class EvaluateCommand(SeedsCommand):
 @click.option("--force", is_flag=True, help="Recompute and replace an existing result.")
 @set_option
 def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_class, draws, test_draws, val_size,
-             baseline, solver, bn_stats, config_path, seeds, device, select, results_dir,
+             knn_k, knn_temperature, baseline, solver, bn_stats, config_path, seeds, device, select, results_dir,
              cache_dir, force, set_pairs):
-    """Evaluate a checkpoint's frozen discriminator with an L2-SVM."""
+    """Evaluate a checkpoint's frozen discriminator with an L2-SVM (or, with --protocol knn, weighted kNN)."""
     from .evaluate import evaluate_seeds
 
     settings = EvalConfig(protocol=protocol, labels_per_class=labels_per_class, draws=draws, test_draws=test_draws,
                           val_size=val_size, baseline=baseline or "", device=device, seeds=tuple(seeds),
-                          dataset=dataset or "", root=data_root or "", select=select)
+                          dataset=dataset or "", root=data_root or "", select=select, knn_k=tuple(knn_k),
+                          knn_temperature=knn_temperature)
     overrides = _overrides(set_pairs, data__download=download, svm__solver=solver, features__bn_stats=bn_stats)
     evaluate_seeds(checkpoint, settings, config_path=config_path, overrides=overrides, results_dir=results_dir,
                    cache_dir=cache_dir or default_cache_dir(), force=force, echo=click.echo)

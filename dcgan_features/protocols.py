@@ -10,6 +10,8 @@ the test set with models refit at that C. No function that chooses C receives te
   all its labelled images at that C and scored on test; the result is the mean and std over draws.
 * ``svhn-1000``: the authors' SVHN protocol (:func:`run_svhn_1000`): a fixed validation split, draws of
   100 labels per class from the rest, C by mean validation accuracy, then many test draws.
+* ``knn``: weighted k-nearest neighbours on cosine similarity (DINO's ``eval_knn``, :mod:`knn`): k chosen on the
+  ``full`` protocol's validation split, then every training image votes for each test image, once.
 * ``validation``: the ``full`` protocol's C sweep alone (:func:`run_validation`). It reports the best
   validation accuracy and never sees the test split, so recipes and checkpoints can be chosen with it.
 
@@ -28,6 +30,7 @@ import numpy as np
 
 from .config import BASELINES, DATASETS, DEVICES, SELECTIONS, SvmConfig
 from .errors import UserError
+from .knn import choose_k, test_accuracy_at
 from .runtime import progress
 from .svm import ClassifierFactory, choose_c, convergence, fit_and_score, predict_views, select_c, starting_from
 from .svm_rows import fitted_scaler, read_rows, scale_in_place, training_rows
@@ -39,7 +42,7 @@ class Outcome:
     written into the result file beside the common fields."""
 
     test_accuracy: float | None  # None for the validation protocol, which never sees test data
-    chosen_C: float
+    chosen_C: float | None  # None for a protocol without C (knn: its chosen k is in ``details``)
     validation: list[dict]  # the C -> validation accuracy table that chose C, in grid order
     c_at_grid_edge: bool
     fits: list[dict]  # every SVM fit: stage, C, iterations, converged
@@ -108,6 +111,19 @@ def run_validation(train_x, train_y, cfg: SvmConfig, seed: int, factory: Classif
     return Outcome(None, selection.best_c, selection.table, selection.at_grid_edge, fit_log("sweep", selection.table),
                    int(len(train_y)), selection.n_fit, selection.n_val,
                    {"select_c_s": round(time.perf_counter() - start, 2)}, {"validation_accuracy": best})
+
+
+def run_knn(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, ks: tuple[int, ...],
+            temperature: float) -> Outcome:
+    """Weighted kNN (:mod:`knn`): k chosen on the ``full`` protocol's validation split, then every training image
+    votes for each test image, once. Features are read with one view, as the paper's."""
+    start = time.perf_counter()
+    val, best, n_fit, n_val = choose_k(train_x, train_y, cfg, seed, ks, temperature)
+    select_s, start = time.perf_counter() - start, time.perf_counter()
+    test = test_accuracy_at(best, train_x, train_y, test_x, test_y, temperature, cfg.standardize)
+    return Outcome(test, None, [{"k": k, "val_accuracy": val[k]} for k in ks], False, [], int(len(train_y)), n_fit,
+                   n_val, {"select_k_s": round(select_s, 2), "test_s": round(time.perf_counter() - start, 2)},
+                   {"chosen_k": best, "temperature": temperature, "validation_accuracy": val[best]})
 
 
 def summarise_draws(val_accuracy: dict[float, list[float]], cfg: SvmConfig) -> tuple[float, list[dict], bool]:
@@ -275,6 +291,18 @@ def _per_class_summary(r: dict) -> str:
             f"({r['n_test']:,} test images)")
 
 
+def _knn_summary(r: dict) -> str:
+    return (f"test accuracy of weighted kNN at k={r['chosen_k']} (temperature {r['temperature']:g}), all "
+            f"{r['n_train']:,} training images voting: {100 * r['test_accuracy']:.2f}%  ({r['n_test']:,} test images)")
+
+
+def _knn_label(s: "EvalConfig") -> str:
+    default = EvalConfig()
+    if (s.knn_k, s.knn_temperature) == (default.knn_k, default.knn_temperature):
+        return "knn"
+    return f"knn-k{','.join(map(str, s.knn_k))}-T{s.knn_temperature:g}"
+
+
 def _svhn_summary(r: dict) -> str:
     return (f"test error at C={r['chosen_C']:.0e} over {r['test_draws']} draws of {r['labels_per_class']} labels "
             f"per class: {100 * r['test_error']:.2f}% ± {100 * r['test_error_ci95']:.2f} (1.96 x std)  "
@@ -292,6 +320,9 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              lambda i, s: run_svhn_1000(*i.arrays, s.labels, s.draws, s.test_draws, s.val_size, **i.mirrors),
              lambda s: f"svhn-{s.labels}pc-{s.draws}x{s.test_draws}-val{s.val_size}", _svhn_summary,
              default_labels=100, label_prefix="svhn"),
+    Protocol("knn", "weighted k-nearest neighbours on cosine similarity (DINO's eval_knn), k chosen on validation",
+             lambda i, s: run_knn(*i.arrays[:6], s.knn_k, s.knn_temperature), _knn_label, _knn_summary,
+             label_prefix="knn"),
     Protocol("validation", "full's C sweep alone, for choosing recipes: the test split is never read",
              lambda i, s: run_validation(i.train_x, i.train_y, i.svm, i.seed, i.factory, i.mirrored,
                                                         i.val_mirror),
@@ -324,6 +355,8 @@ class EvalConfig:
     dataset: str = ""
     root: str = ""
     select: str = "final"  # final | best-probe: which D of a run directory is evaluated
+    knn_k: tuple[int, ...] = (10, 20, 50, 100, 200)  # knn: the values of k tried on validation
+    knn_temperature: float = 0.07  # knn: each neighbour's vote is exp(cosine / temperature), as DINO's
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -340,6 +373,8 @@ class EvalConfig:
             raise UserError("--draws, --test-draws and --val-size must be at least 1")
         if self.labels_per_class < 0 or any(seed < 0 for seed in self.seeds):
             raise UserError("--labels-per-class and --seeds must not be negative")
+        if not self.knn_k or any(k < 1 for k in self.knn_k) or not self.knn_temperature > 0:
+            raise UserError("--knn-k needs at least one k of at least 1, and --knn-temperature must be positive")
         if len(set(self.seeds)) != len(self.seeds):
             raise UserError(f"a seed is given twice in --seeds {' '.join(map(str, self.seeds))}")
 

@@ -215,12 +215,15 @@ def identity_hash(identity: dict[str, Any]) -> str:
 
 
 def format_result(result: dict[str, Any]) -> str:
-    """The C sweep and the protocol's score, as a small readable table for the console."""
+    """The sweep that chose C (or k, for kNN) and the protocol's score, as a small readable table for the console."""
+    knn = "chosen_k" in result  # a kNN result chose k where the SVM protocols choose C
+    name, chosen = ("k", result["chosen_k"]) if knn else ("C", result["chosen_C"])
     lines = [f"{result['eval_dataset']} ({result['protocol']}), checkpoint {result['checkpoint']['sha256'][:12]}, "
              f"{result['feature_dim']:,} features, seed {result['seed']}",
-             f"  {'C':>10}  {'val acc':>8}"]
+             f"  {name:>10}  {'val acc':>8}"]
     for row in result["validation"]:
-        mark = "  <- chosen on validation" if row["C"] == result["chosen_C"] else ""
-        lines.append(f"  {row['C']:>10.0e}  {100 * row['val_accuracy']:>7.2f}%{mark}")
+        mark = "  <- chosen on validation" if row[name] == chosen else ""
+        value = f"{row[name]:>10d}" if knn else f"{row[name]:>10.0e}"
+        lines.append(f"  {value}  {100 * row['val_accuracy']:>7.2f}%{mark}")
     kind = result.get("protocol_kind") or protocol_of(result["protocol"])
     return "\n".join(lines + [f"  {PROTOCOLS[kind].summary(result)}"])

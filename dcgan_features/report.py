@@ -95,7 +95,8 @@ def checkpoint_results(hashes: dict[str, str], folders: list[Path]) -> pd.DataFr
                 rows.append({"checkpoint": hashes[sha], "protocol": result["protocol"], "seed": result["seed"],
                              "accuracy (%)": f"{score(result):.2f}",
                              "measured on": "test" if kind.reads_test else "validation",
-                             "C": f"{result['chosen_C']:g}", "features": result["feature_dim"], "file": str(path)})
+                             "C": f"k={result['chosen_k']}" if "chosen_k" in result else f"{result['chosen_C']:g}",
+                             "features": result["feature_dim"], "file": str(path)})
     return pd.DataFrame(rows)
 
 
