@@ -1,5 +1,5 @@
-"""The ``dcgan-features`` command line: a thin layer over train.pretrain, evaluate.evaluate and
-report.write_report. Mistakes in the input (UserError) print one line and exit with status 2."""
+"""The ``dcgan-features`` command line: a thin layer over train.pretrain, evaluate.evaluate, export (features to
+disk) and report.write_report. Mistakes in the input (UserError) print one line and exit with status 2."""
 
 from __future__ import annotations
 
@@ -9,7 +9,18 @@ from pathlib import Path
 
 import click
 
-from .config import BASELINES, BN_STATS, DATASETS, DEVICES, SELECTIONS, SOLVERS, load_config, parse_set_option
+from .config import (
+    BASELINES,
+    BN_STATS,
+    DATASETS,
+    DEVICES,
+    EXPORT_DTYPES,
+    SELECTIONS,
+    SOLVERS,
+    load_config,
+    parse_set_option,
+)
+from .data import SPLITS
 from .distributed import shutdown_world
 from .errors import UserError
 from .protocols import PROTOCOLS, EvalConfig
@@ -202,6 +213,32 @@ def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_clas
     evaluate_seeds(checkpoint, settings, config_path=config_path, overrides=overrides, results_dir=results_dir,
                    cache_dir=cache_dir or default_cache_dir(), force=force, echo=click.echo)
     shutdown_world()
+
+
+@cli.command()
+@click.option("--checkpoint", required=True, type=str, help="A run directory (its final D) or a checkpoint file.")
+@dataset_option
+@click.option("--data-root", type=str, default=None, help="Folder holding the dataset [default: the run's].")
+@click.option("--download", is_flag=True, default=None, help="Fetch the dataset with torchvision if missing.")
+@click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True)
+@click.option("--out", required=True, type=click.Path(), help="Folder to write (features.npy, labels.npy, ...).")
+@click.option("--dtype", type=click.Choice(EXPORT_DTYPES), default="float32", show_default=True)
+@click.option("--select", type=click.Choice(SELECTIONS), default=EvalConfig.select, show_default=True,
+              help="Which D of a run directory: the final one, or the one its online probe scored best.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="A config whose [data] and [features] keys override the checkpoint's.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--force", is_flag=True, help="Replace an existing export in --out.")
+@set_option
+def extract(checkpoint, dataset, data_root, download, split, out, dtype, select, config_path, device, force,
+            set_pairs):
+    """Write a dataset split's frozen-D features to disk for your own classifiers (memory-mapped .npy)."""
+    from .export import export_features
+
+    overrides = _overrides(set_pairs, data__download=download)
+    export_features(checkpoint, out, split=split, dataset=dataset or "", data_root=data_root or "", dtype=dtype,
+                    device=device, select=select, config_path=config_path, overrides=overrides, force=force,
+                    echo=click.echo)
 
 
 @cli.command()

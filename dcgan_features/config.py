@@ -38,6 +38,7 @@ GAN_LOSSES = ("bce", "hinge")
 AUGMENTATIONS = ("color", "translation", "cutout")  # DiffAugment's, in augment.py
 HESSIAN_PRECISIONS = ("float32", "bfloat16", "auto")  # auto: runtime.settled_hessian_precision
 SELECTIONS = ("final", "best-probe")  # which D of a run directory: the one it finished with, or its best probe
+EXPORT_DTYPES = ("float32", "float16")  # extract: how features.npy stores the features
 
 
 def check_at_least(section: Any, name: str, keys: tuple[str, ...], minimum: int) -> None:

@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -104,12 +104,15 @@ class PixelExtractor(nn.Module):
 
 
 def extract(extractor: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,
-            channels_last: bool = True, label: str | None = None) -> np.ndarray:
-    """Features (N, dim) as float32 for uint8 images (N, C, H, W), in batches, written into one
-    preallocated array (at the paper's scale a list of batches plus their concatenation would be two
-    copies of 5.7 GB). NHWC layout is what CPU convolutions prefer. With ``label``, a progress bar."""
+            channels_last: bool = True, label: str | None = None,
+            allocate: Callable[[tuple[int, int]], np.ndarray] | None = None) -> np.ndarray:
+    """Features (N, dim) for uint8 images (N, C, H, W), in batches, written into one preallocated array (at the
+    paper's scale a list of batches plus their concatenation would be two copies of 5.7 GB): a float32 array,
+    or whatever ``allocate(shape)`` returns once the width is known (``extract``'s memory-mapped ``.npy``, in
+    float32 or float16). NHWC layout is what CPU convolutions prefer. With ``label``, a progress bar."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     extractor = extractor.to(device, memory_format=memory_format)
+    allocate = allocate or (lambda shape: np.empty(shape, np.float32))
     out = np.zeros((0, 0), np.float32)
     done, started = 0, time.perf_counter()
     rate = lambda: f"{done / max(time.perf_counter() - started, 1e-9):.0f} img/s"  # noqa: E731
@@ -118,7 +121,7 @@ def extract(extractor: nn.Module, images: torch.Tensor, batch_size: int, device:
             batch = to_model_range(images[start:start + batch_size].to(device)).contiguous(memory_format=memory_format)
             values = extractor(batch).float().cpu().numpy()
             if start == 0:
-                out = np.empty((len(images), values.shape[1]), np.float32)
+                out = allocate((len(images), values.shape[1]))
             out[start:start + len(values)] = values
             done += len(values)
             bar.update(len(values))
