@@ -23,6 +23,9 @@ from .errors import UserError
 SPLITS = ("train", "test", "extra")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 CIFAR_DIR = "cifar-10-batches-py"
+# What a label means, where the dataset says (figures name classes with it); SVHN's and digits' labels are digits.
+CLASS_NAMES = {"cifar10": ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"),
+               "svhn": tuple("0123456789"), "digits": tuple("0123456789")}
 
 
 @dataclass(frozen=True)

@@ -119,3 +119,33 @@ def test_bad_input_gets_one_line(run, tmp_path):
     for args, message in cases.items():
         done = invoke("analyse", *args)
         assert done.exit_code == 2 and message in done.output and "Traceback" not in done.output, (args, done.output)
+
+
+def test_embedding_maps_the_trained_and_an_untrained_d_and_measures_their_separation(run, tmp_path):
+    done = invoke("analyse", "embedding", run, "--per-class", "6", "--out", tmp_path / "e")
+    assert done.exit_code == 0, done.output
+    record = json.loads((tmp_path / "e" / "embedding.json").read_text())
+    assert (tmp_path / "e" / "embedding.png").stat().st_size > 10_000
+    assert record["images"] == 60 and record["per_class"] == 6 and record["checkpoint_sha256"]
+    for name in ("trained D", "untrained D"):
+        for space in ("full_space", "map"):
+            measured = record["separation"][name][space]
+            assert 0 <= measured["knn_accuracy"] <= 1 and -1 <= measured["silhouette"] <= 1
+    again = invoke("analyse", "embedding", run, "--per-class", "6", "--out", tmp_path / "e")
+    assert again.exit_code == 2 and "exists" in again.output  # an earlier map is kept without --force
+    bad = invoke("analyse", "embedding", run, "--per-class", "1", "--out", tmp_path / "f")
+    assert bad.exit_code == 2 and "--per-class must be at least 2" in bad.output
+
+
+def test_the_separation_numbers_tell_separated_classes_from_mixed_ones():
+    from dcgan_features.analysis.embedding import balanced_subset, separation
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 30)
+    apart = rng.normal(size=(90, 5)) + 10 * np.eye(5)[labels]
+    mixed = rng.normal(size=(90, 5))
+    assert separation(apart, labels, "euclidean")["knn_accuracy"] == 1.0
+    separated, random = (separation(points, labels, "euclidean")["silhouette"] for points in (apart, mixed))
+    assert separated > 0.5 > random
+    rows = balanced_subset(np.array([0, 0, 0, 1, 1, 2]), 2, 0)
+    assert np.bincount(np.array([0, 0, 0, 1, 1, 2])[rows]).tolist() == [2, 2, 1]

@@ -13,6 +13,7 @@ from ..errors import UserError
 OUTPUTS = {"samples": ["samples.png", "z.npy", "samples.json"], "walk": ["walk.png", "walk.json"],
            "arithmetic": ["arithmetic.png", "arithmetic.json"],
            "memorisation": ["memorisation.png", "memorisation.json"],
+           "embedding": ["embedding.png", "embedding.json"],
            "visualise": ["filters.png", "filters_untrained.png", "guided_backprop.png", "visualise.json"],
            "run-page": ["index.html", "index.md", "page.json"]}
 
@@ -136,6 +137,44 @@ def arithmetic(checkpoint, samples_dir, group_a, group_b, group_c, seed, out, fo
               for name, text in (("A", group_a), ("B", group_b), ("C", group_c))}
     summary = run_arithmetic(models, groups, prepare_out(out, "arithmetic", force), seed)
     click.echo(f"A - B + C -> {Path(out) / summary['figure']}")
+
+
+@analyse.command()
+@checkpoint_argument
+@click.option("--dataset", default=None, help="Whose test images are mapped [default: the run's].")
+@click.option("--data-root", default=None, help="Folder holding the dataset [default: the run's].")
+@click.option("--per-class", default=100, show_default=True, help="Test images of each class in the map.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the subset, the untrained D and t-SNE.")
+@out_option
+@force_option
+@device_option
+def embedding(checkpoint, dataset, data_root, per_class, seed, out, force, device):
+    """t-SNE of D's features for a class-balanced subset of test images, the trained D beside an untrained D of the
+    same architecture, with the classes' separation (10-NN accuracy, silhouette) in the features and in the map."""
+    from ..data import load_images
+    from ..runtime import resolve_device
+    from .common import load_discriminator_only, write_record
+    from .embedding import embedding_figure
+
+    if per_class < 2:
+        raise UserError("--per-class must be at least 2")
+    torch_device = resolve_device(device)
+    models = load_discriminator_only(checkpoint, torch_device)
+    config = models.config
+    name, root = dataset or config.data.dataset, data_root or config.data.root
+    load = lambda split: load_images(name, root, split, image_size=config.model.image_size,  # noqa: E731
+                                     channels=config.model.channels)
+    test = load("test")
+    if test.labels is None:
+        raise UserError(f"{name} test has no labels to colour the map by")
+    bn_images = load("train").images if config.features.bn_stats == "data" else None
+    out_dir = prepare_out(out, "embedding", force)
+    summary = embedding_figure(models.discriminator, config, test, bn_images, per_class, seed,
+                               out_dir, torch_device)
+    write_record(out_dir / "embedding.json", models, **summary)
+    trained, untrained = (summary["separation"][k]["full_space"]["knn_accuracy"] for k in ("trained D", "untrained D"))
+    click.echo(f"10-NN accuracy in D's features: trained {100 * trained:.1f}%, untrained {100 * untrained:.1f}% "
+               f"-> {Path(out) / 'embedding.png'}")
 
 
 def _images(dataset, data_root, split, models):

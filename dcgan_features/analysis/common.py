@@ -17,6 +17,7 @@ from ..checkpoint import (
     load_checkpoint,
     load_discriminator,
     load_state,
+    resolve_checkpoint,
 )
 from ..config import Config
 from ..errors import UserError
@@ -29,9 +30,10 @@ SAMPLES_FILE = "samples.json"
 
 @dataclass(frozen=True)
 class Models:
-    """G (eval mode) and D (eval mode) of one checkpoint, its config, and the file they came from."""
+    """G (eval mode) and D (eval mode) of one checkpoint, its config, and the file they came from (no G for an
+    analysis of D alone)."""
 
-    generator: Generator
+    generator: Generator | None
     discriminator: Discriminator
     config: Config
     path: Path
@@ -63,6 +65,14 @@ def load_models(path: str | Path, device: torch.device) -> Models:
     generator = Generator(config.model)
     load_state(generator, payload["generator"], str(path), "generator")
     return Models(generator.to(device).eval(), discriminator.to(device).eval(), config, path, sha256_file(path))
+
+
+def load_discriminator_only(path: str | Path, device: torch.device) -> Models:
+    """D (eval mode) of a run directory (its final ``discriminator.pt``) or of any checkpoint file, for an
+    analysis that needs no generator."""
+    path = resolve_checkpoint(path)
+    discriminator, config = load_discriminator(load_checkpoint(path), str(path))
+    return Models(None, discriminator.to(device).eval(), config, path, sha256_file(path))
 
 
 @torch.no_grad()
