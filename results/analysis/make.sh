@@ -24,3 +24,7 @@ $A visualise "$RUNS/cifar10_seed0" --data-root "$CIFAR10" --out $OUT/cifar10_see
 $A visualise "$RUNS/svhn_authors" --dataset cifar10 --data-root "$CIFAR10" --out $OUT/svhn_authors/visualise --force
 $A run-page "$RUNS/digits" --results $OUT/digits/checks --out $OUT/digits/run_page --force
 $A run-page "$RUNS/cifar10_seed0" --results results/ablations --results results/cifar10 --out $OUT/cifar10_seed0/run_page --force
+# t-SNE maps (issue 26): the default recipe's committed seed-0 D (no generator needed) and the authors' D, both on
+# CIFAR-10 test images (the authors' D with batch-norm statistics from CIFAR-10's training images, as evaluated).
+$A embedding results/cifar10_deep/seed0 --data-root "$CIFAR10" --per-class 100 --seed 0 --out $OUT/cifar10_deep_seed0/embedding --force
+$A embedding "$RUNS/svhn_authors" --dataset cifar10 --data-root "$CIFAR10" --per-class 100 --seed 0 --out $OUT/svhn_authors/embedding --force
