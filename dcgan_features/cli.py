@@ -259,6 +259,21 @@ def report(results_dir, out, readme):
 
 
 @cli.command()
+@click.argument("results_dir", type=click.Path(file_okay=False), default="results")
+@click.option("--readme", type=click.Path(dir_okay=False), default=None,
+              help="Also render the table into this file between its <!-- released:begin/end --> lines.")
+def released(results_dir, readme):
+    """Tabulate every discriminator*.pt under RESULTS_DIR: data, recipe, features, test accuracy, sha256."""
+    from .released import write_released
+
+    if not Path(results_dir).is_dir():
+        raise UserError(f"results directory {results_dir} does not exist")
+    markdown, path = write_released(results_dir, readme)
+    click.echo(markdown)
+    click.echo(f"\nwritten: {path}" + (f", {readme}" if readme else ""))
+
+
+@cli.command()
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option("--reference", required=True, type=click.Path(dir_okay=False),
               help="The config each row's change is stated against (e.g. configs/cifar10_dcgan.toml).")

@@ -201,10 +201,10 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
     return markdown, md_path, csv_path
 
 
-def render_into_readme(readme: Path, text: str) -> None:
-    """Replace the lines between the README's report marker lines (each alone on its line, so the
-    markers can also be quoted in prose); everything else is kept byte for byte."""
-    begin, end = README_MARKERS
+def render_into_readme(readme: Path, text: str, markers: tuple[str, str] = README_MARKERS) -> None:
+    """Replace the lines between the README's marker lines (the report's unless ``markers`` says; each alone on
+    its line, so the markers can also be quoted in prose); everything else is kept byte for byte."""
+    begin, end = markers
     try:
         lines = readme.read_text().splitlines(keepends=True)
     except OSError as exc:
@@ -212,7 +212,7 @@ def render_into_readme(readme: Path, text: str) -> None:
     starts = [i for i, line in enumerate(lines) if line.strip() == begin]
     ends = [i for i, line in enumerate(lines) if line.strip() == end]
     if len(starts) != 1 or len(ends) != 1 or starts[0] > ends[0]:
-        raise UserError(f"{readme} needs one '{begin}' line followed by one '{end}' line to render the report into")
+        raise UserError(f"{readme} needs one '{begin}' line followed by one '{end}' line to render the table into")
     content = "".join(lines[:starts[0] + 1]) + text + "\n" + "".join(lines[ends[0]:])
     with atomic_path(readme) as tmp:
         tmp.write_text(content)

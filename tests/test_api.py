@@ -121,3 +121,21 @@ def test_extract_from_an_unlabelled_folder_and_its_bad_input(tmp_path, tiny_run)
     (tmp_path / "file").write_text("")
     assert "is a file" in fail("extract", "--checkpoint", tiny_run, "--out", tmp_path / "file", "--force")
     assert os.path.getsize(tmp_path / "file") == 0
+
+
+def test_the_released_table_lists_each_discriminator_with_its_results_and_sha256(tmp_path, tiny_run):  # noqa: F811
+    results = tmp_path / "results"
+    (results / "run").mkdir(parents=True)
+    (results / "run" / "discriminator.pt").write_bytes((tiny_run / "discriminator.pt").read_bytes())
+    dcf.evaluate(results / "run", protocol="full", results_dir=results / "run", overrides={"svm.c_grid": [1e-2]})
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- released:begin -->\nold\n<!-- released:end -->\nkept\n")
+    done = CliRunner().invoke(cli, ["released", str(results), "--readme", str(readme)])
+    assert done.exit_code == 0, done.output
+    (row,) = [line for line in readme.read_text().splitlines() if "discriminator.pt" in line]
+    sha = dcf.load_extractor(results / "run").sha256
+    assert f"`{sha}`" in row and re.search(r"\| full \d+\.\d\d ", row) and "| fake " in row
+    assert readme.read_text().endswith("<!-- released:end -->\nkept\n") and "old" not in readme.read_text()
+    assert dcf.load_extractor(results / "run" / "discriminator.pt", sha256=sha).feature_dim > 0
+    assert "needs one '<!-- released:begin -->'" in fail("released", results, "--readme", tmp_path / "results" /
+                                                         "released.md")
