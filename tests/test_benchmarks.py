@@ -51,3 +51,20 @@ def test_bfloat16_counts_as_native_only_where_the_cpu_reports_bfloat16_instructi
     assert runtime.native_bfloat16(cpu)
     monkeypatch.setattr(runtime, "cpu_flags", lambda: ("asimd", "bf16"))
     assert runtime.native_bfloat16(cpu)
+
+
+def test_the_gpu_check_runs_its_stages_at_toy_size_and_refuses_a_machine_without_cuda(tmp_path):
+    """On CPU only the script itself is checked: every stage at toy sizes, and the table it writes."""
+    run = lambda *args: subprocess.run([sys.executable, ROOT / "benchmarks" / "gpu_check.py", *args,  # noqa: E731
+                                        "--out", tmp_path / "out"], cwd=ROOT, capture_output=True, text=True,
+                                       timeout=300)
+    done = run("--device", "cpu", "--tiny")
+    assert done.returncode == 0, done.stderr
+    table = pd.read_csv(tmp_path / "out" / "gpu_check_tiny.csv")
+    assert len(table) == 7 and table["check"].str.startswith("training step").sum() == 4
+    assert table["check"].iloc[0].startswith("quick start") and table["result"].iloc[0].endswith("%")
+    assert "evaluate --protocol full" in table["check"].iloc[5]
+    refused = run()  # the suite hides GPUs, so this is a machine without CUDA
+    assert refused.returncode != 0 and "needs a CUDA GPU" in refused.stderr and "Traceback" not in refused.stderr
+    assert "only for --tiny" in run("--device", "cpu").stderr
+    assert not (tmp_path / "out" / "gpu_check.csv").exists()
