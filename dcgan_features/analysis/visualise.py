@@ -18,7 +18,7 @@ from torch import nn
 
 from ..data import to_model_range
 from ..models import Discriminator, build_models
-from .common import Models, pyplot, save_figure, write_record
+from .common import Models, pyplot, save_figure, to_display, write_record
 
 
 class _GuidedRectifier(torch.autograd.Function):
@@ -124,19 +124,27 @@ def visualise(models: Models, real_images: torch.Tensor, out_dir: str | Path, se
 
 
 def _guided_figure(maps: dict, images: torch.Tensor, path: Path) -> Path:
+    """One row per (block, D): each most active feature's guided gradient beside the real image it explains."""
     plt = pyplot()
     blocks = list(maps["trained"])
     per_block = max(len(found) for found in maps["trained"].values())
-    figure, axes = plt.subplots(len(blocks), 2 * per_block + 1, figsize=((2 * per_block + 1) * 0.9,
-                                                                          len(blocks) * 1.0), squeeze=False)
+    rows = [(block, kind) for block in blocks for kind in ("trained", "untrained")]
+    figure, axes = plt.subplots(len(rows), 2 * per_block, figsize=(2 * per_block * 1.25, len(rows) * 1.45),
+                                squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for r, block in enumerate(blocks):
-        for side, kind in enumerate(("trained", "untrained")):
-            for c, (channel, _, gradient) in enumerate(maps[kind][block]):
-                ax = axes[r, c + side * (per_block + 1)]
-                ax.imshow(_gradient_picture(gradient), cmap="gray")
-                ax.set_title(f"{block}:{channel}" if c else f"{kind}\n{block}:{channel}", fontsize=6, pad=1)
-    figure.suptitle("guided backpropagation of the most active features: trained D (left), untrained D (right)",
-                    fontsize=9)
+    shown = to_display(images.cpu())
+    for r, (block, kind) in enumerate(rows):
+        for c, (channel, index, gradient) in enumerate(maps[kind][block]):
+            real, explained = axes[r, 2 * c], axes[r, 2 * c + 1]
+            real.imshow(shown[index].squeeze(-1) if shown.shape[-1] == 1 else shown[index], cmap="gray",
+                        interpolation="nearest")
+            real.set_title(f"image {index}", fontsize=8, pad=2)
+            explained.imshow(_gradient_picture(gradient), cmap="gray", interpolation="nearest")
+            explained.set_title(f"{block}:{channel}", fontsize=8, pad=2)
+        axes[r, 0].text(-0.12, 0.5, f"{kind} D\n{block}", transform=axes[r, 0].transAxes, rotation=90,
+                        ha="right", va="center", fontsize=9, fontweight="bold" if kind == "trained" else "normal")
+    figure.suptitle("guided backpropagation of each block's most active features: the real image, then what the "
+                    "feature responds to in it (trained D and an untrained D of the same architecture)", fontsize=11)
+    figure.tight_layout(rect=(0.02, 0, 1, 0.97))
     return save_figure(figure, path)
