@@ -169,16 +169,13 @@ class TrainConfig:
     probe_every: int = 0
     probe_images: int = 10_000
     probe_c: float = 1e-4
-    # The probe's own solver settings; the rest ([svm] solver, max_iter, precision, standardize) are the
-    # evaluation's. A probe runs every epoch while D trains and only ranks D's against each other: a looser tol
-    # and a rank-64 Nystrom preconditioner cut its fit from 7.5 s to 2.0 s at 5,000 x 7,168 on 2 CPU cores with
-    # the same held-out accuracy (results/benchmarks/probe_overhead.md); [svm]'s tol 1e-4 and rank 0 would
-    # spend that at every probe.
+    # The probe's own solver settings (the rest are [svm]'s): it only ranks D's against each other, and a looser
+    # tol with a rank-64 Nystrom preconditioner cut its fit from 7.5 s to 2.0 s at 5,000 x 7,168 on 2 CPU cores
+    # with the same held-out accuracy (results/benchmarks/probe_overhead.md).
     probe_tol: float = 1e-3
     probe_preconditioner_rank: int = 64
-    # The objective (losses.py): "bce" (the paper's) or "hinge"; DiffAugment policy applied to every image D sees,
-    # real and fake (augment.py; e.g. ["translation", "cutout"]); weight of the self-supervised rotation loss on
-    # real images (0: off).
+    # The objective (losses.py): "bce" (the paper's) or "hinge"; DiffAugment policy on every image D sees (augment.py,
+    # e.g. ["translation", "cutout"]); weight of the self-supervised rotation loss on real images (0: off).
     loss: str = "bce"
     diffaugment: tuple[str, ...] = ()
     rotation_weight: float = 0.0
@@ -233,8 +230,7 @@ class FeatureConfig:
 
     layers: tuple[str, ...] = ()  # block names, e.g. ("conv1", "conv2"); empty = every conv block
     grid: int = 4  # each block is max-pooled to grid x grid
-    # A spatial pyramid beside the grid: each block also pooled to each of these grid sizes (e.g. [2, 1]), the
-    # pools concatenated after the grid's. Empty (the paper's read-out): the grid alone.
+    # extra grids each block is also pooled to, after the grid (e.g. [2, 1]); empty: the paper's grid alone
     pyramid: tuple[int, ...] = ()
     pool: str = "max"  # max | avg
     bn_stats: str = "running"  # running (D's averages) | data (recomputed from the training images)
@@ -246,7 +242,7 @@ class FeatureConfig:
         if self.bn_stats not in BN_STATS:
             raise UserError(f"features.bn_stats must be one of {', '.join(BN_STATS)}")
         check_at_least(self, "features", ("grid", "batch_size"), 1)
-        if any(not isinstance(g, int) or g < 1 for g in self.pyramid) or len(set(self.pyramid)) != len(self.pyramid):
+        if min(self.pyramid, default=1) < 1 or len(set(self.pyramid)) != len(self.pyramid):
             raise UserError(f"features.pyramid must hold distinct grid sizes of at least 1, got {list(self.pyramid)}")
         if self.grid in self.pyramid:
             raise UserError(f"features.pyramid repeats features.grid ({self.grid}): list only the extra grids")
@@ -265,24 +261,19 @@ class SvmConfig:
     # Augment the SVM's fitting rows with the features of the same images flipped left-right (validation and test
     # rows are never flipped): twice the rows, so about twice the SVM time.
     train_hflip: bool = False
-    # Score every validation and test image by the mean of the SVM's decision over the image and its mirror image
-    # (a two-view read-out; the paper scores one view, so the report labels such rows as another read-out).
-    # Validation and test alike, so C is chosen for the read-out that is scored.
+    # Score each validation and test image by the mean SVM decision over it and its mirror (a two-view read-out;
+    # the paper scores one view, so the report labels such rows as another read-out). C is chosen the same way.
     score_hflip: bool = False
     max_iter: int = 1000
     tol: float = 1e-4
-    # torch solver: precision of the Hessian products inside CG. bfloat16 halves their memory traffic; the
-    # objective, gradient and line search stay float32, so it changes the path to the optimum, not the optimum
-    # (tests/test_svm.py bounds the objective's gap to LinearSVC in both precisions). "auto": bfloat16 where
-    # bfloat16 runs in hardware, float32 where it is emulated (slower than float32); evaluate settles it before
-    # anything is stored, so a result file, its settings hash and the report hold the precision that ran.
+    # torch solver: precision of the Hessian products inside CG (bfloat16 halves their memory traffic; objective,
+    # gradient and line search stay float32, so the path changes, not the optimum: tests/test_svm.py). "auto":
+    # bfloat16 where it runs in hardware; evaluate settles it before anything is stored, so records hold what ran.
     hessian_precision: str = "float32"
-    # torch solver: rank of the randomised Nystrom sketch of X^T X that preconditions CG (0: plain CG).
-    # It changes the path to the optimum, not the optimum.
+    # torch solver: rank of the randomised Nystrom sketch of X^T X preconditioning CG (0: plain CG); same optimum
     preconditioner_rank: int = 0
-    # torch solver, full protocol: start the refit on all training rows from the sweep's solution at the chosen
-    # C (fitted on 90% of the same rows) instead of from zero. The same optimum, reached in fewer steps; off
-    # keeps older results reproducible to the last digit.
+    # torch solver, full protocol: start the refit from the sweep's solution at the chosen C (fitted on 90% of the
+    # rows) instead of zero: the same optimum in fewer steps; off keeps older results reproducible to the digit.
     warm_refit: bool = False
 
     def __post_init__(self) -> None:
