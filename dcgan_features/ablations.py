@@ -83,7 +83,7 @@ def ablation_rows(results: list[dict[str, Any]], reference: Config) -> pd.DataFr
         pretrain = r.get("pretrain") or {}
         records.append({
             "experiment": identity_hash(experiment_identity(r)), "change": changes(r, reference),
-
+            "recipe": r["recipe"]["name"],
             "epochs": result_epochs(r), "train_s": pretrain.get("train_seconds"),
             "features": r["feature_dim"], "accuracy": 100 * r["validation_accuracy"], "C": r["chosen_C"],
             "pretrain_seed": pretrain.get("seed"), "seed": r["seed"],
@@ -94,7 +94,7 @@ def ablation_rows(results: list[dict[str, Any]], reference: Config) -> pd.DataFr
         raise UserError(f"{len(repeated)} validation results repeat the same experiment and seeds "
                         f"({repeated['change'].iloc[0]}); keep one, or move the others into a '{CHECKS_DIR}/' folder")
     return table.groupby("experiment", sort=False).agg(
-        change=("change", "first"), epochs=("epochs", "first"), train_s=("train_s", "mean"),
+        change=("change", "first"), recipe=("recipe", "first"), epochs=("epochs", "first"), train_s=("train_s", "mean"),
         features=("features", "first"), mean=("accuracy", "mean"), std=("accuracy", "std"), n=("accuracy", "size"),
         seeds=("pretrain_seed", _seed_list), eval_seeds=("seed", _seed_list),
         C=("C", lambda c: ",".join(f"{v:g}" for v in sorted(set(c)))), commit=("commit", "first"),
@@ -129,24 +129,45 @@ FOOTNOTE = ("Validation accuracy (%) of the full protocol's C sweep on a stratif
             "results, whose pretraining / evaluation seeds `seeds` lists. Rows are grouped by training length; "
             "rows within {close} point of the best of their length that rest on one result are marked: not ranked "
             "yet. `pretrain min` is the training wall time recorded in the checkpoint. A change too long for the "
-            "table shows the names of the keys it changed and is spelt out in its numbered note; the CSV beside this "
-            "file holds every row's whole change, chosen C, commands and commits (pretraining / evaluation).")
+            "table shows, beside a row of the same pretraining with fewer changes, that row's recipe and the keys "
+            "in which it differs from it (else the names of the keys it changed), and is spelt out in its numbered "
+            "note; the CSV beside this file holds every row's whole change, chosen C, commands and commits "
+            "(pretraining / evaluation).")
 
 
 def short_changes(shown: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """Per row, the change as the Markdown shows it: itself when short, else the names of the keys it changed (as
-    many as fit, then how many more) and a footnote mark; and the footnotes that spell the long ones out."""
+    """Per row, the change as the Markdown shows it: itself when short; else, beside a row of the same pretraining
+    with fewer changes (its base), the base's recipe name and the keys in which the row differs from it; for a base
+    itself, the names of the keys it changed (as many as fit, then how many more). Long changes get a footnote
+    that spells them out."""
+    parts = [change.split("; ") for change in shown["change"]]
+    pretraining = [(epochs, *(p for p in row if p.startswith(("model.", "train."))))
+                   for epochs, row in zip(shown["epochs"], parts)]
+    bases: dict[tuple, int] = {}
+    for i, key in enumerate(pretraining):
+        if key not in bases or len(parts[i]) < len(parts[bases[key]]):
+            bases[key] = i
     shorts, notes = [], []
-    for change in shown["change"]:
+    for i, change in enumerate(shown["change"]):
         if len(change) <= SHORT_CHANGE:
             shorts.append(change)
             continue
         notes.append(f"[{len(notes) + 1}] {change}")
-        names = [part.split("=")[0].split(".")[-1] if "=" in part else part for part in change.split("; ")]
+        base = bases[pretraining[i]]
+        if base != i and len(pretraining[i]) > 1:
+            extra = [part for part in parts[i] if part not in parts[base]]
+            shorts.append(f"{shown['recipe'].iloc[base]} + {', '.join(_key_names(extra))} [{len(notes)}]")
+            continue
+        names = _key_names(parts[i])
         fit = next(k for k in range(len(names), 0, -1) if len(", ".join(names[:k])) <= SHORT_CHANGE - 12 or k == 1)
         more = f" +{len(names) - fit}" if fit < len(names) else ""
         shorts.append(f"{', '.join(names[:fit])}{more} [{len(notes)}]")
     return shorts, notes
+
+
+def _key_names(parts: list[str]) -> list[str]:
+    """``["svm.score_hflip=true", "best-probe D"]`` -> ``["score_hflip", "best-probe D"]``."""
+    return [part.split("=")[0].split(".")[-1] if "=" in part else part for part in parts]
 
 
 def write_ablations(folder: str | Path, reference_path: str | Path, out_stem: str | Path) -> tuple[str, Path, Path]:

@@ -3,6 +3,7 @@
 import copy
 import json
 
+import pandas as pd
 import pytest
 
 from dcgan_features.config import Config
@@ -162,3 +163,18 @@ def test_a_malformed_result_file_is_an_error_that_names_it(tmp_path, damage, mes
     (tmp_path / "broken.json").write_text('{"schema": "dcgan-features/result/v1", "eval_')  # cut short
     with pytest.raises(UserError, match="broken.json is not readable JSON"):
         load_results(tmp_path)
+
+
+def test_a_long_ablation_change_is_named_by_its_base_rows_recipe_and_what_it_adds():
+    from dcgan_features.ablations import short_changes
+
+    deep = "model.d_widths=[96,96,192,192,384]; model.kernel_size=3; train.rotation_weight=1.0; svm.train_hflip=true"
+    shown = pd.DataFrame({
+        "change": [f"{deep}; features.pyramid=[2,1]; svm.score_hflip=true", deep, f"{deep}; best-probe D", "reference"],
+        "recipe": ["cifar10_deep.toml", "cifar10.toml (was cifar10_deep.toml)", "x.toml", "cifar10_dcgan.toml"],
+        "epochs": [24, 24, 23, 10]})
+    shorts, notes = short_changes(shown)
+    assert shorts[0] == "cifar10.toml (was cifar10_deep.toml) + pyramid, score_hflip [1]"  # its base row's recipe
+    assert shorts[1] == "d_widths, kernel_size +2 [2]"  # the base itself: the names of its keys, as many as fit
+    assert shorts[2].startswith("d_widths, kernel_size") and shorts[3] == "reference"  # other epochs: own base
+    assert notes[0] == f"[1] {shown['change'][0]}" and len(notes) == 3
