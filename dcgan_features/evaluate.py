@@ -243,6 +243,7 @@ def extract_splits(run: Run, cache_dir, device, echo) -> tuple[dict[str, Feature
                                channels=config.model.channels, download=config.data.download)
             for split in (("train", "test") if PROTOCOLS[run.settings.protocol].reads_test else ("train",))}
     mirrored = (("train",) if config.svm.train_hflip else ()) + (tuple(data) if config.svm.score_hflip else ())
+    mirrored = mirrored if PROTOCOLS[run.settings.protocol].uses_mirrors else ()
     for split in sorted(set(mirrored), key=("train", "test").index):
         images = data[split]
         data[f"{split}_mirrored"] = replace(images, images=images.images.flip(-1).contiguous(),

@@ -268,6 +268,7 @@ class Protocol:
     reads_test: bool = True  # False: it never loads the test split (its results choose recipes, not report them)
     default_labels: int = 0  # labelled images per class when --labels-per-class is not given (0: all)
     label_prefix: str = ""  # labels of older results start with this (empty: the label is the name)
+    uses_mirrors: bool = True  # whether it reads mirrored features (svm.train_hflip, svm.score_hflip) at all
 
     @property
     def score(self) -> str:
@@ -322,7 +323,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              default_labels=100, label_prefix="svhn"),
     Protocol("knn", "weighted k-nearest neighbours on cosine similarity (DINO's eval_knn), k chosen on validation",
              lambda i, s: run_knn(*i.arrays[:6], s.knn_k, s.knn_temperature), _knn_label, _knn_summary,
-             label_prefix="knn"),
+             label_prefix="knn", uses_mirrors=False),
     Protocol("validation", "full's C sweep alone, for choosing recipes: the test split is never read",
              lambda i, s: run_validation(i.train_x, i.train_y, i.svm, i.seed, i.factory, i.mirrored,
                                                         i.val_mirror),

@@ -116,16 +116,22 @@ def recipe_record(config_file: str | Path | None, imported: bool = False) -> dic
 
 def recipe_of(subject_payload: dict[str, Any], eval_config_file: str | Path | None, baseline: str | None) -> dict:
     """The recipe to store in a new result: for a trained D, the config file its run started from (the first
-    training process's); for a baseline, the config file the evaluation was given."""
+    training process's); for a baseline, the config file the evaluation was given. Where the D's config file is
+    gone and the evaluation was given another of the same architecture (``evaluate`` refuses any other), the
+    file was renamed since: the name says both, ``cifar10.toml (was cifar10_deep.toml)``, as it is when written."""
     if baseline:
         return recipe_record(eval_config_file)
     if subject_payload.get("kind") == "imported":
         return recipe_record(None, imported=True)
     history = subject_payload.get("provenance") or [{}]
     first = history[0] if isinstance(history, list) and history else history or {}
-    if "config_file" in first:
-        return recipe_record(first["config_file"])
-    return _legacy_recipe({"pretrain": {"provenance": [first]}, "checkpoint": subject_payload})
+    trained = recipe_record(first["config_file"]) if "config_file" in first else \
+        _legacy_recipe({"pretrain": {"provenance": [first]}, "checkpoint": subject_payload})
+    named = trained.get("config_file")
+    if named and eval_config_file and not Path(named).exists() and Path(named).name != Path(eval_config_file).name:
+        return {**trained, "name": f"{Path(eval_config_file).name} (was {Path(named).name})",
+                "renamed_to": str(eval_config_file)}
+    return trained
 
 
 def flat_config(raw: dict[str, Any]) -> dict[str, Any]:

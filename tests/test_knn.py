@@ -95,3 +95,12 @@ def test_knn_through_the_cli_and_the_report(tmp_path, tiny_run):  # noqa: F811
 def test_bad_knn_settings_get_one_line(tmp_path, tiny_run, args, message):  # noqa: F811
     assert message in fail("evaluate", "--checkpoint", tiny_run, "--protocol", "knn", *args,
                            "--results-dir", tmp_path / "res")
+
+
+def test_knn_reads_no_mirrored_features_even_where_the_svm_would(tmp_path, tiny_run):  # noqa: F811
+    from dcgan_features.evaluate import evaluate
+    from dcgan_features.protocols import EvalConfig
+
+    result = evaluate(tiny_run, EvalConfig(protocol="knn", knn_k=(1,)), results_dir=tmp_path / "res",
+                      overrides={"svm.train_hflip": True, "svm.score_hflip": True}, echo=lambda s: None)
+    assert not [key for key in result["timings"] if "mirrored" in key]

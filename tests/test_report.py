@@ -178,3 +178,16 @@ def test_a_long_ablation_change_is_named_by_its_base_rows_recipe_and_what_it_add
     assert shorts[1] == "d_widths, kernel_size +2 [2]"  # the base itself: the names of its keys, as many as fit
     assert shorts[2].startswith("d_widths, kernel_size") and shorts[3] == "reference"  # other epochs: own base
     assert notes[0] == f"[1] {shown['change'][0]}" and len(notes) == 3
+
+
+def test_a_renamed_config_file_is_named_with_its_old_name_when_the_result_is_written(tmp_path):
+    from dcgan_features.records import recipe_of
+
+    old, new = tmp_path / "cifar10_deep.toml", tmp_path / "cifar10.toml"
+    payload = {"kind": "final", "provenance": [{"config_file": str(old)}]}
+    new.write_text("")
+    assert recipe_of(payload, new, None)["name"] == "cifar10.toml (was cifar10_deep.toml)"  # old is gone
+    old.write_text("")
+    assert recipe_of(payload, new, None)["name"] == "cifar10_deep.toml"  # both exist: the one it trained from
+    assert recipe_of(payload, None, None)["name"] == "cifar10_deep.toml"
+    assert recipe_of(payload, new, "untrained")["name"] == "cifar10.toml"  # a baseline: the evaluation's config
