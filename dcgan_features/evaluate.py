@@ -186,8 +186,11 @@ def run_protocol(run: Run, features: dict[str, FeatureSet], device: torch.device
 
 
 def warn_about(outcome: Outcome, echo: Callable[[str], None]) -> None:
-    """Say so when C sits at the edge of its grid, or when a fit stopped before converging."""
-    if outcome.c_at_grid_edge:
+    """Say so when C (or kNN's k) sits at the edge of its grid, or when a fit stopped before converging."""
+    if outcome.c_at_grid_edge and "chosen_k" in outcome.details:
+        echo(f"warning: the best k on validation ({outcome.details['chosen_k']}) is at the edge of --knn-k; "
+             "a wider grid may do better")
+    elif outcome.c_at_grid_edge:
         echo(f"warning: the best C on validation ({outcome.chosen_C:g}) is at the edge of svm.c_grid; "
              "a wider grid may do better")
     stopped_early = [f for f in outcome.fits if not f["converged"]]

@@ -32,7 +32,16 @@ from .config import BASELINES, DATASETS, DEVICES, SELECTIONS, SvmConfig
 from .errors import UserError
 from .knn import choose_k, test_accuracy_at
 from .runtime import progress
-from .svm import ClassifierFactory, choose_c, convergence, fit_and_score, predict_views, select_c, starting_from
+from .svm import (
+    ClassifierFactory,
+    at_grid_edge,
+    choose_c,
+    convergence,
+    fit_and_score,
+    predict_views,
+    select_c,
+    starting_from,
+)
 from .svm_rows import fitted_scaler, read_rows, scale_in_place, training_rows
 
 
@@ -121,8 +130,9 @@ def run_knn(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, ks: tup
     val, best, n_fit, n_val = choose_k(train_x, train_y, cfg, seed, ks, temperature)
     select_s, start = time.perf_counter() - start, time.perf_counter()
     test = test_accuracy_at(best, train_x, train_y, test_x, test_y, temperature, cfg.standardize)
-    return Outcome(test, None, [{"k": k, "val_accuracy": val[k]} for k in ks], False, [], int(len(train_y)), n_fit,
-                   n_val, {"select_k_s": round(select_s, 2), "test_s": round(time.perf_counter() - start, 2)},
+    return Outcome(test, None, [{"k": k, "val_accuracy": val[k]} for k in ks], at_grid_edge(val, best), [],
+                   int(len(train_y)), n_fit, n_val,
+                   {"select_k_s": round(select_s, 2), "test_s": round(time.perf_counter() - start, 2)},
                    {"chosen_k": best, "temperature": temperature, "validation_accuracy": val[best]})
 
 

@@ -104,3 +104,10 @@ def test_knn_reads_no_mirrored_features_even_where_the_svm_would(tmp_path, tiny_
     result = evaluate(tiny_run, EvalConfig(protocol="knn", knn_k=(1,)), results_dir=tmp_path / "res",
                       overrides={"svm.train_hflip": True, "svm.score_hflip": True}, echo=lambda s: None)
     assert not [key for key in result["timings"] if "mirrored" in key]
+
+
+def test_a_k_at_the_edge_of_its_grid_is_flagged():
+    x, y = data()
+    outcome = run_knn(x[:600], y[:600], x[600:], y[600:], SvmConfig(val_fraction=0.2), 3, (150, 300), 0.07)
+    values = {row["k"]: row["val_accuracy"] for row in outcome.validation}
+    assert outcome.c_at_grid_edge == (values[outcome.details["chosen_k"]] > min(values.values()))
