@@ -137,15 +137,17 @@ FOOTNOTE = ("Validation accuracy (%) of the full protocol's C sweep on a stratif
 
 def short_changes(shown: pd.DataFrame) -> tuple[list[str], list[str]]:
     """Per row, the change as the Markdown shows it: itself when short; else, beside a row of the same pretraining
-    with fewer changes (its base), the base's recipe name and the keys in which the row differs from it; for a base
-    itself, the names of the keys it changed (as many as fit, then how many more). Long changes get a footnote
-    that spells them out."""
+    made without ``--set`` (else the one with the fewest changes: its base), the base's recipe name and the keys in
+    which the row differs from it ("no KEY" for a key back at the reference's value); for a base itself, the names
+    of the keys it changed (as many as fit, then how many more). Long changes get a footnote that spells them out."""
     parts = [change.split("; ") for change in shown["change"]]
     pretraining = [(epochs, *(p for p in row if p.startswith(("model.", "train."))))
                    for epochs, row in zip(shown["epochs"], parts)]
+    # A row made without --set is its recipe as the file has it: the preferred base, then the fewest changes.
+    rank = [("--set" in command, len(row)) for command, row in zip(shown["command"], parts)]
     bases: dict[tuple, int] = {}
     for i, key in enumerate(pretraining):
-        if key not in bases or len(parts[i]) < len(parts[bases[key]]):
+        if key not in bases or rank[i] < rank[bases[key]]:
             bases[key] = i
     shorts, notes = [], []
     for i, change in enumerate(shown["change"]):
@@ -155,8 +157,10 @@ def short_changes(shown: pd.DataFrame) -> tuple[list[str], list[str]]:
         notes.append(f"[{len(notes) + 1}] {change}")
         base = bases[pretraining[i]]
         if base != i and len(pretraining[i]) > 1:
-            extra = [part for part in parts[i] if part not in parts[base]]
-            shorts.append(f"{shown['recipe'].iloc[base]} + {', '.join(_key_names(extra))} [{len(notes)}]")
+            added = _key_names([part for part in parts[i] if part not in parts[base]])
+            dropped = [f"no {name}" for name in _key_names([part for part in parts[base] if part not in parts[i]])
+                       if name not in added]  # a key back at the reference's value
+            shorts.append(f"{shown['recipe'].iloc[base]} + {', '.join(added + dropped)} [{len(notes)}]")
             continue
         names = _key_names(parts[i])
         fit = next(k for k in range(len(names), 0, -1) if len(", ".join(names[:k])) <= SHORT_CHANGE - 12 or k == 1)

@@ -172,12 +172,19 @@ def test_a_long_ablation_change_is_named_by_its_base_rows_recipe_and_what_it_add
     shown = pd.DataFrame({
         "change": [f"{deep}; features.pyramid=[2,1]; svm.score_hflip=true", deep, f"{deep}; best-probe D", "reference"],
         "recipe": ["cifar10_deep.toml", "cifar10.toml (was cifar10_deep.toml)", "x.toml", "cifar10_dcgan.toml"],
-        "epochs": [24, 24, 23, 10]})
+        "epochs": [24, 24, 23, 10], "command": ["x --set features.pyramid=[2,1]", "x", "x", "x"]})
     shorts, notes = short_changes(shown)
     assert shorts[0] == "cifar10.toml (was cifar10_deep.toml) + pyramid, score_hflip [1]"  # its base row's recipe
     assert shorts[1] == "d_widths, kernel_size +2 [2]"  # the base itself: the names of its keys, as many as fit
     assert shorts[2].startswith("d_widths, kernel_size") and shorts[3] == "reference"  # other epochs: own base
     assert notes[0] == f"[1] {shown['change'][0]}" and len(notes) == 3
+    # a row with fewer changes made with --set (the recipe minus a key) is no base: the recipe as its file has it is
+    unhflipped = deep.replace("; svm.train_hflip=true", "")
+    with_less = pd.concat([shown, pd.DataFrame({"change": [unhflipped], "recipe": ["cifar10.toml"], "epochs": [24],
+                                                "command": ["x --set svm.train_hflip=false"]})], ignore_index=True)
+    shorts, _ = short_changes(with_less)
+    assert shorts[0].startswith("cifar10.toml (was cifar10_deep.toml) + pyramid, score_hflip")
+    assert shorts[-1] == "cifar10.toml (was cifar10_deep.toml) + no train_hflip [4]"  # a key back at the reference's
 
 
 def test_a_renamed_config_file_is_named_with_its_old_name_when_the_result_is_written(tmp_path):
