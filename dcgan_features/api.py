@@ -63,15 +63,14 @@ class Extractor(nn.Module):
         model = self.config.model
         if batch.dtype == torch.uint8:
             batch = fit_to_model(batch, model.image_size, model.channels)
-            return torch.from_numpy(extract(self.frozen, batch, self.batch_size, self.device))
-        if batch.shape[1:] != (model.channels, model.image_size, model.image_size):
+        elif batch.shape[1:] != (model.channels, model.image_size, model.image_size):
             raise UserError(f"float images must already be {model.channels}x{model.image_size}x{model.image_size} "
                             f"in [-1, 1], got {tuple(batch.shape[1:])}; pass uint8 images to have them fitted")
-        if batch.numel() and (batch.min() < -1 - 1e-6 or batch.max() > 1 + 1e-6):
+        elif batch.numel() and (batch.min() < -1 - 1e-6 or batch.max() > 1 + 1e-6):
             raise UserError("float images must lie in [-1, 1] (uint8 images in [0, 255] are converted for you)")
-        parts = [self.frozen(part.to(self.device).contiguous(memory_format=torch.channels_last)).float().cpu()
-                 for part in batch.split(self.batch_size)]
-        return torch.cat(parts) if parts else torch.empty(0, self.feature_dim)
+        if not len(batch):
+            return torch.empty(0, self.feature_dim)
+        return torch.from_numpy(extract(self.frozen, batch, self.batch_size, self.device))
 
 
 def as_image_tensor(images: Any) -> torch.Tensor:

@@ -110,12 +110,16 @@ class Run:
         return self.subject.config.data.dataset
 
 
+def data_flags(dataset: str, root: str) -> dict[str, str]:
+    """``--dataset`` and ``--data-root`` as config overrides, the ones given only (they win over every config)."""
+    return {key: value for key, value in {"data.dataset": dataset, "data.root": root}.items() if value}
+
+
 def resolve(checkpoint, settings: EvalConfig, seed: int, config_path, overrides: Mapping[str, Any],
             results_dir, device: torch.device) -> Run:
     """Load what is evaluated and settle every setting: flags over ``--set`` over the config over the checkpoint,
     and what the config leaves to the machine (``svm.hessian_precision = "auto"``) as it runs on ``device``."""
-    flags = {key: value for key, value in {"data.dataset": settings.dataset, "data.root": settings.root}.items()
-             if value}
+    flags = data_flags(settings.dataset, settings.root)
     subject = load_subject(checkpoint, config_path, {**overrides, **flags}, settings.baseline or None, seed,
                            settings.select)
     svm = subject.config.svm

@@ -27,7 +27,7 @@ import torch
 from .artifacts import current_umask, provenance, write_json
 from .data import load_images
 from .errors import UserError
-from .evaluate import describe, load_subject
+from .evaluate import data_flags, describe, load_subject
 from .features import FrozenExtractor, PoolingSpec, extract
 from .models import recompute_batchnorm_stats
 from .runtime import resolve_device
@@ -48,8 +48,8 @@ def export_features(checkpoint: str | Path, out: str | Path, *, split: str = "tr
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} is a file, not an export folder; choose another --out")
     started, origin = time.perf_counter(), provenance()
-    flags = {key: value for key, value in {"data.dataset": dataset, "data.root": data_root}.items() if value}
-    subject = load_subject(checkpoint, config_path, {**(overrides or {}), **flags}, select=select)
+    subject = load_subject(checkpoint, config_path, {**(overrides or {}), **data_flags(dataset, data_root)},
+                           select=select)
     config, torch_device = subject.config, resolve_device(device)
     images = load_images(config.data.dataset, config.data.root, split, image_size=config.model.image_size,
                          channels=config.model.channels, download=config.data.download)

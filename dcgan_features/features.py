@@ -106,10 +106,11 @@ class PixelExtractor(nn.Module):
 def extract(extractor: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,
             channels_last: bool = True, label: str | None = None,
             allocate: Callable[[tuple[int, int]], np.ndarray] | None = None) -> np.ndarray:
-    """Features (N, dim) for uint8 images (N, C, H, W), in batches, written into one preallocated array (at the
-    paper's scale a list of batches plus their concatenation would be two copies of 5.7 GB): a float32 array,
-    or whatever ``allocate(shape)`` returns once the width is known (``extract``'s memory-mapped ``.npy``, in
-    float32 or float16). NHWC layout is what CPU convolutions prefer. With ``label``, a progress bar."""
+    """Features (N, dim) for uint8 images (N, C, H, W), or float ones already in the model's [-1, 1], in batches,
+    written into one preallocated array (at the paper's scale a list of batches plus their concatenation would be
+    two copies of 5.7 GB): a float32 array, or whatever ``allocate(shape)`` returns once the width is known
+    (``extract``'s memory-mapped ``.npy``, in float32 or float16). NHWC layout is what CPU convolutions prefer.
+    With ``label``, a progress bar."""
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     extractor = extractor.to(device, memory_format=memory_format)
     allocate = allocate or (lambda shape: np.empty(shape, np.float32))
@@ -118,7 +119,9 @@ def extract(extractor: nn.Module, images: torch.Tensor, batch_size: int, device:
     rate = lambda: f"{done / max(time.perf_counter() - started, 1e-9):.0f} img/s"  # noqa: E731
     with progress(len(images), label, rate) as bar:
         for start in range(0, len(images), batch_size):
-            batch = to_model_range(images[start:start + batch_size].to(device)).contiguous(memory_format=memory_format)
+            batch = images[start:start + batch_size].to(device)
+            batch = to_model_range(batch) if batch.dtype == torch.uint8 else batch
+            batch = batch.contiguous(memory_format=memory_format)
             values = extractor(batch).float().cpu().numpy()
             if start == 0:
                 out = allocate((len(images), values.shape[1]))

@@ -146,24 +146,36 @@ class SpyClassifier:
         return np.zeros(len(X), int)
 
 
-@pytest.mark.parametrize("protocol", ["full", "validation", "per-class", "svhn-1000"])
-def test_mirrored_rows_join_fitting_rows_only(protocol):
+def toy_rows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """400 rows of 6 random features in 4 classes, and a second array of the same shape (their 'mirrors')."""
+    rng = np.random.default_rng(0)
+    x, other = rng.normal(size=(400, 6)).astype(np.float32), rng.normal(size=(400, 6)).astype(np.float32)
+    return x, other, np.arange(400) % 4
+
+
+def run_toy_protocol(protocol: str, factory, x: np.ndarray, y: np.ndarray, **mirrors):
+    """``protocol`` on the first 300 rows (training) and the last 100 (test) with one C, and the mirror keywords
+    given (``mirrored``, ``val_mirror``, ``test_mirror``; the validation protocol reads no test mirror)."""
     from dcgan_features.config import SvmConfig
     from dcgan_features.protocols import run_full, run_per_class, run_svhn_1000, run_validation
 
-    rng = np.random.default_rng(0)
-    y = np.arange(400) % 4
-    x, mirrored = rng.normal(size=(400, 6)).astype(np.float32), rng.normal(size=(400, 6)).astype(np.float32)
     cfg = SvmConfig(c_grid=(1e-2,), val_fraction=0.25)
-    runs = {"full": lambda **m: run_full(x[:300], y[:300], x[300:], y[300:], cfg, 0, factory, **m),
-            "validation": lambda **m: run_validation(x[:300], y[:300], cfg, 0, factory, **m),
-            "per-class": lambda **m: run_per_class(x[:300], y[:300], x[300:], y[300:], cfg, 0, factory, 20, 2, **m),
-            "svhn-1000": lambda **m: run_svhn_1000(x[:300], y[:300], x[300:], y[300:], cfg, 0, factory, 20, 1, 2,
-                                                   val_size=100, **m)}
+    train, test = (x[:300], y[:300]), (x[300:], y[300:])
+    if protocol == "validation":
+        return run_validation(*train, cfg, 0, factory, **{k: v for k, v in mirrors.items() if k != "test_mirror"})
+    if protocol == "full":
+        return run_full(*train, *test, cfg, 0, factory, **mirrors)
+    if protocol == "per-class":
+        return run_per_class(*train, *test, cfg, 0, factory, 20, 2, **mirrors)
+    return run_svhn_1000(*train, *test, cfg, 0, factory, 20, 1, 2, val_size=100, **mirrors)
+
+
+@pytest.mark.parametrize("protocol", ["full", "validation", "per-class", "svhn-1000"])
+def test_mirrored_rows_join_fitting_rows_only(protocol):
+    x, mirrored, y = toy_rows()
     logs = {"plain": [], "mirrored": []}
     for mode, extra in {"plain": {}, "mirrored": {"mirrored": mirrored[:300]}}.items():
-        factory = partial(lambda log, C: SpyClassifier(log), logs[mode])
-        runs[protocol](**extra)
+        run_toy_protocol(protocol, partial(lambda log, C: SpyClassifier(log), logs[mode]), x, y, **extra)
     assert [kind for kind, _ in logs["plain"]] == [kind for kind, _ in logs["mirrored"]]
     for (kind, plain), (_, mirrored_rows) in zip(logs["plain"], logs["mirrored"]):
         assert mirrored_rows == (2 * plain if kind == "fit" else plain)

@@ -17,7 +17,7 @@ from dcgan_features.svm import predict_views
 
 from test_cli import fail, tiny_run  # noqa: F401
 from test_features import discriminator
-from test_levers import SpyClassifier
+from test_levers import SpyClassifier, run_toy_protocol, toy_rows
 
 
 def test_a_pyramid_adds_each_blocks_coarser_pools_after_its_grid():
@@ -89,23 +89,10 @@ class SpyViews(SpyClassifier):
 
 @pytest.mark.parametrize("protocol", ["full", "validation", "per-class", "svhn-1000"])
 def test_score_hflip_scores_validation_and_test_rows_by_two_views_and_fits_on_one(protocol):
-    from dcgan_features.config import SvmConfig
-    from dcgan_features.protocols import run_full, run_per_class, run_svhn_1000, run_validation
-
-    rng = np.random.default_rng(0)
-    y = np.arange(400) % 4
-    x, m = rng.normal(size=(400, 6)).astype(np.float32), rng.normal(size=(400, 6)).astype(np.float32)
-    cfg = SvmConfig(c_grid=(1e-2,), val_fraction=0.25)
-    test = dict(val_mirror=m[:300], test_mirror=m[300:])
-    runs = {"full": lambda **v: run_full(x[:300], y[:300], x[300:], y[300:], cfg, 0, factory, **v),
-            "validation": lambda **v: run_validation(x[:300], y[:300], cfg, 0, factory, val_mirror=v.get("val_mirror")),
-            "per-class": lambda **v: run_per_class(x[:300], y[:300], x[300:], y[300:], cfg, 0, factory, 20, 2, **v),
-            "svhn-1000": lambda **v: run_svhn_1000(x[:300], y[:300], x[300:], y[300:], cfg, 0, factory, 20, 1, 2,
-                                                   val_size=100, **v)}
+    x, m, y = toy_rows()
     logs = {"one view": [], "two views": []}
-    for mode, views in {"one view": {}, "two views": test}.items():
-        factory = partial(lambda log, C: SpyViews(log), logs[mode])
-        runs[protocol](**views)
+    for mode, views in {"one view": {}, "two views": dict(val_mirror=m[:300], test_mirror=m[300:])}.items():
+        run_toy_protocol(protocol, partial(lambda log, C: SpyViews(log), logs[mode]), x, y, **views)
     fits = lambda log: [n for kind, n in log if kind == "fit"]  # noqa: E731
     assert fits(logs["one view"]) == fits(logs["two views"])  # the fitting rows are the images as they are
     scored = [n for kind, n in logs["one view"] if kind == "predict"]
