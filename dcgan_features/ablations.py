@@ -58,8 +58,9 @@ def changes(result: dict[str, Any], reference: Config) -> str:
         parts.insert(0, f"{result['baseline']} baseline")
     elif where := unfinished(result.get("checkpoint", {})):
         parts.append(f"D taken at {where} of a {ours['train.epochs']}-epoch run")
-    if result.get("checkpoint", {}).get("selected_by") == "probe":
-        parts.append("best-probe D")
+    selected_by = result.get("checkpoint", {}).get("selected_by")
+    if selected_by in ("probe", "ema"):
+        parts.append({"probe": "best-probe D", "ema": "EMA D"}[selected_by])
     return "; ".join(parts) or "reference"
 
 

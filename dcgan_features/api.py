@@ -96,9 +96,10 @@ def as_image_tensor(images: Any) -> torch.Tensor:
 
 def load_extractor(checkpoint: str | Path, *, device: str = "auto", batch_size: int = 256,
                    select: str = "final", sha256: str | None = None) -> Extractor:
-    """The frozen feature extractor of a run folder (its final D, or with ``select="best-probe"`` the D its
-    online probe chose) or of a checkpoint file. With ``sha256``, the file must have that hash (as listed in
-    the table of released discriminators), else it is refused."""
+    """The frozen feature extractor of a run folder (its final D; with ``select="best-probe"`` the D its
+    online probe chose, with ``select="ema"`` the moving average of its D) or of a checkpoint file. With
+    ``sha256``, the file must have that hash (as listed in the table of released discriminators), else it is
+    refused."""
     path = resolve_checkpoint(checkpoint, select)
     actual = sha256_file(path)
     if sha256 is not None and actual != sha256.lower():

@@ -31,6 +31,10 @@ TRAINING_FILE = "checkpoint.pt"
 DISCRIMINATOR_FILE = "discriminator.pt"
 GENERATOR_FILE = "generator.pt"
 BEST_PROBE_FILE = "discriminator_best_probe.pt"  # the D with the best online probe (train.probe_every)
+EMA_FILE = "discriminator_ema.pt"  # the moving average of D's weights (train.ema_decay)
+# --select: the file of a run directory each choice other than "final" reads, and what must be on to write it
+SELECTED_FILES = {"best-probe": (BEST_PROBE_FILE, "train.probe_every, or its first probe has not run yet"),
+                  "ema": (EMA_FILE, "train.ema_decay, or it has not finished")}
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
@@ -69,17 +73,18 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def resolve_checkpoint(path: str | Path, select: str = "final") -> Path:
     """A run directory means its ``discriminator.pt`` if finished, else its latest ``checkpoint.pt``; with
-    ``select="best-probe"``, the D its online probe scored best (``discriminator_best_probe.pt``)."""
+    ``select="best-probe"``, the D its online probe scored best (``discriminator_best_probe.pt``); with
+    ``select="ema"``, the moving average of its D (``discriminator_ema.pt``)."""
     path = Path(path)
-    if path.is_dir() and select == "best-probe":
-        if not (path / BEST_PROBE_FILE).is_file():
-            raise UserError(f"run directory {path} holds no {BEST_PROBE_FILE}: it was trained without "
-                            "train.probe_every, or its first probe has not run yet; evaluate its final D "
-                            "(--select final)")
-        return path / BEST_PROBE_FILE
-    if not path.is_dir() and select == "best-probe":
-        raise UserError("--select best-probe picks a file of a run directory; give the run directory, or the "
-                        f"{BEST_PROBE_FILE} file itself without --select")
+    if select in SELECTED_FILES:
+        name, needs = SELECTED_FILES[select]
+        if not path.is_dir():
+            raise UserError(f"--select {select} picks a file of a run directory; give the run directory, or the "
+                            f"{name} file itself without --select")
+        if not (path / name).is_file():
+            raise UserError(f"run directory {path} holds no {name}: it was trained without {needs}; "
+                            "evaluate its final D (--select final)")
+        return path / name
     if path.is_dir():
         for name in (DISCRIMINATOR_FILE, TRAINING_FILE):
             if (path / name).is_file():

@@ -25,6 +25,9 @@ from .distributed import shutdown_world
 from .errors import UserError
 from .protocols import PROTOCOLS, EvalConfig
 
+SELECT_HELP = ("Which D of a run directory: the final one, the one its online probe scored best "
+               "(train.probe_every), or the moving average of its weights (train.ema_decay).")
+
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dcgan-features"
@@ -192,8 +195,7 @@ class EvaluateCommand(SeedsCommand):
                    "one result file per seed, then the mean ± std.")
 @click.option("--device", type=click.Choice(DEVICES), default=EvalConfig.device, show_default=True)
 @click.option("--select", type=click.Choice(SELECTIONS), default=EvalConfig.select, show_default=True,
-              help="Which D of a run directory: the final one, or the one its online probe scored best "
-                   "(train.probe_every). The result records which.")
+              help=SELECT_HELP + " The result records which.")
 @click.option("--results-dir", type=click.Path(file_okay=False), default="results", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Feature cache [default: $XDG_CACHE_HOME/dcgan-features].")
@@ -224,7 +226,7 @@ def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_clas
 @click.option("--out", required=True, type=click.Path(), help="Folder to write (features.npy, labels.npy, ...).")
 @click.option("--dtype", type=click.Choice(EXPORT_DTYPES), default="float32", show_default=True)
 @click.option("--select", type=click.Choice(SELECTIONS), default=EvalConfig.select, show_default=True,
-              help="Which D of a run directory: the final one, or the one its online probe scored best.")
+              help=SELECT_HELP)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="A config whose [data] and [features] keys override the checkpoint's.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)

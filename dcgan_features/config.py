@@ -37,7 +37,7 @@ POOLS = ("max", "avg")
 GAN_LOSSES = ("bce", "hinge")
 AUGMENTATIONS = ("color", "translation", "cutout")  # DiffAugment's, in augment.py
 HESSIAN_PRECISIONS = ("float32", "bfloat16", "auto")  # auto: runtime.settled_hessian_precision
-SELECTIONS = ("final", "best-probe")  # which D of a run directory: the one it finished with, or its best probe
+SELECTIONS = ("final", "best-probe", "ema")  # which D of a run: its last, its best probe, its weights' moving average
 EXPORT_DTYPES = ("float32", "float16")  # extract: how features.npy stores the features
 
 
@@ -46,6 +46,12 @@ def check_at_least(section: Any, name: str, keys: tuple[str, ...], minimum: int)
     for key in keys:
         if getattr(section, key) < minimum:
             raise UserError(f"{name}.{key} must be at least {minimum}, got {getattr(section, key)}")
+
+
+def check_choice(section: Any, name: str, key: str, choices: tuple[str, ...]) -> None:
+    """Refuse a value of ``key`` that is not one of ``choices`` (a registry above)."""
+    if getattr(section, key) not in choices:
+        raise UserError(f"{name}.{key} must be one of {', '.join(choices)}, got {getattr(section, key)!r}")
 
 
 def check_positive(section: Any, name: str, keys: tuple[str, ...]) -> None:
@@ -95,10 +101,8 @@ class ModelConfig:
             raise UserError(f"model.image_size must be a power of two >= 16, got {n}")
         if self.channels not in (1, 3):
             raise UserError(f"model.channels must be 1 or 3, got {self.channels}")
-        if self.z_distribution not in ("normal", "uniform"):
-            raise UserError("model.z_distribution must be 'normal' or 'uniform'")
-        if self.g_projection not in ("conv", "linear"):
-            raise UserError("model.g_projection must be 'conv' or 'linear'")
+        check_choice(self, "model", "z_distribution", ("normal", "uniform"))
+        check_choice(self, "model", "g_projection", ("conv", "linear"))
         if self.kernel_size < 3:
             raise UserError("model.kernel_size must be at least 3")
         check_at_least(self, "model", ("z_dim", "width"), 1)
@@ -119,10 +123,8 @@ class ModelConfig:
         if 1 in g_strides and self.kernel_size % 2 == 0:
             raise UserError("stride-1 transposed convolutions keep the image size only with an odd model.kernel_size")
         if len(self.generator_widths) != len(g_strides):
-            raise UserError(
-                f"model.g_widths needs {len(g_strides)} entries (one per transposed convolution) to grow 4x4 to "
-                f"{n}x{n}, got {len(self.generator_widths)}"
-            )
+            raise UserError(f"model.g_widths needs {len(g_strides)} entries (one per transposed convolution) to grow "
+                            f"4x4 to {n}x{n}, got {len(self.generator_widths)}")
 
     @property
     def num_upsamplings(self) -> int:
@@ -179,6 +181,9 @@ class TrainConfig:
     loss: str = "bce"
     diffaugment: tuple[str, ...] = ()
     rotation_weight: float = 0.0
+    # An exponential moving average of D's weights and batch-norm statistics, updated after every D step and written
+    # as discriminator_ema.pt (evaluate --select ema); 0: off. It never feeds back into training: D trains the same.
+    ema_decay: float = 0.0
     # Speed only (a resumed run may change them): NHWC tensors, which CPU and GPU convolutions prefer;
     # bf16 autocast (GPUs, or CPUs with bfloat16 instructions) and torch.compile, off by default (GAN D's are known
     # to produce NaNs under mixed precision; compiling costs a minute up front and needs a C++ compiler on CPU).
@@ -191,8 +196,7 @@ class TrainConfig:
     sync_batchnorm: bool = True
 
     def __post_init__(self) -> None:
-        if self.device not in DEVICES:
-            raise UserError(f"train.device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        check_choice(self, "train", "device", DEVICES)
         check_at_least(self, "train", ("epochs", "batch_size", "log_every", "num_samples", "collapse_steps"), 1)
         check_at_least(self, "train", ("seed", "checkpoint_every", "probe_preconditioner_rank"), 0)
         check_positive(self, "train", ("lr", "probe_tol"))
@@ -205,14 +209,15 @@ class TrainConfig:
         if self.probe_every < 0 or self.probe_images < 20 or not self.probe_c > 0:
             raise UserError("train.probe_every must be 0 (off) or a number of steps, train.probe_images at least 20 "
                             "and train.probe_c positive")
-        if self.loss not in GAN_LOSSES:
-            raise UserError(f"train.loss must be one of {', '.join(GAN_LOSSES)}, got {self.loss!r}")
+        check_choice(self, "train", "loss", GAN_LOSSES)
         unknown = [a for a in self.diffaugment if a not in AUGMENTATIONS]
         if unknown:
             raise UserError(f"train.diffaugment: unknown augmentation {unknown[0]!r}; "
                             f"choose from {', '.join(AUGMENTATIONS)}")
         if not self.rotation_weight >= 0:
             raise UserError("train.rotation_weight must be 0 (off) or positive")
+        if not 0 <= self.ema_decay < 1:
+            raise UserError(f"train.ema_decay must lie in [0, 1) (0: off), got {self.ema_decay}")
         if not 0 <= self.lr_decay_epochs <= self.epochs:
             raise UserError("train.lr_decay_epochs must lie between 0 and train.epochs")
 
@@ -237,10 +242,8 @@ class FeatureConfig:
     batch_size: int = 256
 
     def __post_init__(self) -> None:
-        if self.pool not in POOLS:
-            raise UserError(f"features.pool must be one of {', '.join(POOLS)}")
-        if self.bn_stats not in BN_STATS:
-            raise UserError(f"features.bn_stats must be one of {', '.join(BN_STATS)}")
+        check_choice(self, "features", "pool", POOLS)
+        check_choice(self, "features", "bn_stats", BN_STATS)
         check_at_least(self, "features", ("grid", "batch_size"), 1)
         if min(self.pyramid, default=1) < 1 or len(set(self.pyramid)) != len(self.pyramid):
             raise UserError(f"features.pyramid must hold distinct grid sizes of at least 1, got {list(self.pyramid)}")
@@ -277,10 +280,8 @@ class SvmConfig:
     warm_refit: bool = False
 
     def __post_init__(self) -> None:
-        if self.solver not in SOLVERS:
-            raise UserError(f"svm.solver must be one of {', '.join(SOLVERS)}")
-        if self.hessian_precision not in HESSIAN_PRECISIONS:
-            raise UserError(f"svm.hessian_precision must be one of {', '.join(HESSIAN_PRECISIONS)}")
+        check_choice(self, "svm", "solver", SOLVERS)
+        check_choice(self, "svm", "hessian_precision", HESSIAN_PRECISIONS)
         if self.preconditioner_rank < 0:
             raise UserError("svm.preconditioner_rank must be 0 (plain CG) or a positive rank")
         if not self.c_grid:
@@ -350,9 +351,8 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
         return tuple(_coerce(v, item_type, key, source) for v in value)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is bool and not isinstance(value, bool) or hint is int and isinstance(value, bool):
-        raise UserError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
-    if not isinstance(value, hint):
+    if hint is bool and not isinstance(value, bool) or hint is int and isinstance(value, bool) \
+            or not isinstance(value, hint):
         raise UserError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
     return value
 

@@ -365,7 +365,7 @@ class EvalConfig:
     seeds: tuple[int, ...] = (0,)
     dataset: str = ""
     root: str = ""
-    select: str = "final"  # final | best-probe: which D of a run directory is evaluated
+    select: str = "final"  # final | best-probe | ema: which D of a run directory is evaluated
     knn_k: tuple[int, ...] = (10, 20, 50, 100, 200)  # knn: the values of k tried on validation
     knn_temperature: float = 0.07  # knn: each neighbour's vote is exp(cosine / temperature), as DINO's
 

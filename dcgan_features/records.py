@@ -32,10 +32,12 @@ CHECKS_DIR = "checks"  # reruns that check a committed result: they repeat its s
 # evaluates the D it chose). Every other key, present or future, separates two results into two report rows.
 PROBE_KEYS = frozenset({"train.probe_every", "train.probe_images", "train.probe_c", "train.probe_tol",
                         "train.probe_preconditioner_rank"})
+# keys that change only what a run writes beside its final D, so they belong to the experiment of that D alone
+SELECTION_KEYS = {"probe": PROBE_KEYS, "ema": frozenset({"train.ema_decay"})}
 NOT_EXPERIMENT_KEYS = frozenset({
     "data.root", "data.download", "train.seed", "train.device", "train.log_every", "train.checkpoint_every",
     "train.num_samples", "train.collapse_loss", "train.collapse_steps", "train.channels_last", "train.compile",
-    "features.batch_size", *PROBE_KEYS})
+    "features.batch_size", *PROBE_KEYS, *SELECTION_KEYS["ema"]})
 REQUIRED = ("eval_dataset", "protocol", "seed", "feature_dim", "chosen_C", "validation", "pretrain", "checkpoint")
 
 
@@ -195,7 +197,7 @@ def experiment_identity(result: dict[str, Any]) -> dict[str, Any]:
         return identity
     selected_by = checkpoint.get("selected_by", "final")
     identity.update({k: v for k, v in config.items() if k.startswith("train.")
-                     and (k not in NOT_EXPERIMENT_KEYS or (selected_by == "probe" and k in PROBE_KEYS))})
+                     and (k not in NOT_EXPERIMENT_KEYS or k in SELECTION_KEYS.get(selected_by, ()))})
     return identity | {"pretrain.dataset": result["pretrain"]["dataset"],
                        "pretrain.epochs_done": result_epochs(result),
                        "pretrain.unfinished": unfinished(checkpoint),

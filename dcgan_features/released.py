@@ -48,7 +48,7 @@ def released_table(results_dir: str | Path) -> pd.DataFrame:
         payload = load_checkpoint(path)
         discriminator, config = load_discriminator(payload, str(path))
         sha = sha256_file(path)
-        which = " (best probe)" if payload.get("selected_by") == "probe" else ""
+        which = {"probe": " (best probe)", "ema": " (EMA)"}.get(payload.get("selected_by"), "")
         rows.append({"file": f"`{path.as_posix()}`", "trained on": config.data.dataset,
                      "recipe": recipes.get(sha, recipe_of(payload, None, None)["name"]) + which,
                      "architecture": architecture_name(config.model), "epochs": epochs_trained(payload),

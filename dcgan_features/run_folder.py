@@ -8,7 +8,15 @@ import shutil
 from pathlib import Path
 
 from .artifacts import read_json, write_json
-from .checkpoint import BEST_PROBE_FILE, DISCRIMINATOR_FILE, GENERATOR_FILE, TRAINING_FILE, config_of, load_checkpoint
+from .checkpoint import (
+    BEST_PROBE_FILE,
+    DISCRIMINATOR_FILE,
+    EMA_FILE,
+    GENERATOR_FILE,
+    TRAINING_FILE,
+    config_of,
+    load_checkpoint,
+)
 from .config import Config, TrainConfig
 from .errors import UserError
 from .runlock import LOCK_FILE
@@ -31,7 +39,7 @@ def prepare_run(run_dir: Path, config: Config, force: bool) -> dict | None:
     Returns the checkpoint payload to resume from, or None for a fresh run."""
     config_path = run_dir / "config.json"
     if force and config_path.exists():
-        for name in (TRAINING_FILE, DISCRIMINATOR_FILE, GENERATOR_FILE, BEST_PROBE_FILE, "metrics.jsonl",
+        for name in (TRAINING_FILE, DISCRIMINATOR_FILE, GENERATOR_FILE, BEST_PROBE_FILE, EMA_FILE, "metrics.jsonl",
                      "config.json"):
             (run_dir / name).unlink(missing_ok=True)
         for name in ("checkpoints", "samples"):

@@ -10,6 +10,7 @@ A run directory holds::
     checkpoints/epoch_NNN.pt  the full training state after each epoch
     discriminator.pt       D's weights and config, written when the run finishes
     discriminator_best_probe.pt  D at the step with the best online probe (with train.probe_every)
+    discriminator_ema.pt   the moving average of D's weights (with train.ema_decay), written with discriminator.pt
 
 The epoch's data order is a pure function of (seed, epoch) and the noise generator's state is
 checkpointed, so a run resumed from any checkpoint replays exactly the steps it would have taken.
@@ -31,6 +32,7 @@ from .augment import diff_augment
 from .checkpoint import (
     BEST_PROBE_FILE,
     DISCRIMINATOR_FILE,
+    EMA_FILE,
     GENERATOR_FILE,
     TRAINING_FILE,
     load_checkpoint,
@@ -59,6 +61,7 @@ from .training_state import (
     restore_state,
     save_discriminator,
     save_generator,
+    update_ema,
     write_training_checkpoint,
 )
 
@@ -201,6 +204,8 @@ def train_step(state: TrainingState, real: torch.Tensor, config: Config, device:
     loss_d.backward()
     average_gradients(d, *([state.rotation_head] if state.rotation_head is not None else []))
     state.opt_d.step()
+    if state.discriminator_ema is not None:
+        update_ema(state.discriminator_ema, d, tc.ema_decay)
     state.opt_g.zero_grad(set_to_none=True)
     # G's loss needs gradients through D, not of D's weights: D is zero-graded before its next update
     # anyway, so skipping its weight gradients here changes nothing but the work done.
@@ -319,6 +324,9 @@ def finish_run(state: TrainingState, config: Config, run_dir: Path, echo: Echo, 
     path = run_dir / DISCRIMINATOR_FILE
     if rewrite or not path.exists():
         save_discriminator(path, state, config, selected_by="final", epochs_done=state.epoch)
+    if state.discriminator_ema is not None and (rewrite or not (run_dir / EMA_FILE).exists()):
+        save_discriminator(run_dir / EMA_FILE, state, config, state.discriminator_ema, selected_by="ema",
+                           epochs_done=state.epoch)
     if rewrite or not (run_dir / GENERATOR_FILE).exists():
         save_generator(run_dir / GENERATOR_FILE, state, config)
     echo(f"run {run_dir} complete after {state.epoch} epochs; discriminator: {path}")

@@ -4,6 +4,7 @@ with every rank's RNG state."""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,6 +38,7 @@ class TrainingState:
     train_seconds: float = 0.0  # wall time spent training, summed over resumes
     best_probe: float = -1.0  # the best online probe accuracy so far (train.probe_every)
     rotation_head: RotationHead | None = None  # with train.rotation_weight; trained with D, not a feature
+    discriminator_ema: Discriminator | None = None  # with train.ema_decay: the moving average of D (update_ema)
     provenance: list = field(default_factory=list)  # one entry per process that trained: commit, command, start
 
     def to_payload(self, config: Config, finished: bool, rank_rng: list[torch.Tensor] | None = None) -> dict:
@@ -52,6 +54,8 @@ class TrainingState:
             "low_loss_since": self.low_loss_since, "train_seconds": round(self.train_seconds, 1),
             "best_probe": self.best_probe,
             **({"rotation_head": cpu(self.rotation_head.state_dict())} if self.rotation_head is not None else {}),
+            **({"discriminator_ema": cpu(self.discriminator_ema.state_dict())}
+               if self.discriminator_ema is not None else {}),
             "provenance": self.provenance, "world_size": len(rank_rng),
             "rng": {"noise": self.noise_rng.get_state(), "torch": rank_rng[0], "torch_per_rank": rank_rng},
             "fixed_noise": self.fixed_noise,
@@ -70,6 +74,8 @@ def new_state(config: Config, device: torch.device) -> TrainingState:
     check_consistent(d, "D")
     memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
     g, d = g.to(device, memory_format=memory_format), d.to(device, memory_format=memory_format)
+    # a copy of the initial D, before compiling; eval mode, as it is only ever read (its statistics are averaged)
+    ema = copy.deepcopy(d).requires_grad_(False).eval() if tc.ema_decay > 0 else None
     if tc.compile:  # in place, so state_dict keys stay those of the plain modules
         g.compile()
         d.compile()
@@ -85,7 +91,7 @@ def new_state(config: Config, device: torch.device) -> TrainingState:
         generator=g, discriminator=d,
         opt_g=torch.optim.Adam(g.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=fused),
         opt_d=torch.optim.Adam(d_params, lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=fused),
-        rotation_head=head,
+        rotation_head=head, discriminator_ema=ema,
         noise_rng=seeded_generator(tc.seed, 1),
         fixed_noise=sample_noise(tc.num_samples, config.model, seeded_generator(tc.seed, 2)),
     )
@@ -97,6 +103,8 @@ def restore_state(payload: dict, config: Config, device: torch.device, source: s
     load_state(state.discriminator, payload["discriminator"], source, "discriminator")
     if state.rotation_head is not None:
         load_state(state.rotation_head, payload["rotation_head"], source, "rotation head")
+    if state.discriminator_ema is not None:
+        load_state(state.discriminator_ema, payload["discriminator_ema"], source, "moving-average discriminator")
     state.opt_g.load_state_dict(payload["opt_g"])
     state.opt_d.load_state_dict(payload["opt_d"])
     state.noise_rng.set_state(payload["rng"]["noise"])
@@ -110,6 +118,18 @@ def restore_state(payload: dict, config: Config, device: torch.device, source: s
     stored = payload.get("provenance", [])
     state.provenance = [stored] if isinstance(stored, dict) else list(stored)  # older checkpoints held one dict
     return state
+
+
+@torch.no_grad()
+def update_ema(ema: Discriminator, d: Discriminator, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * d`` for every weight and batch-norm statistic (the step counters are
+    copied): the moving average is of the whole D that features are read from, its running statistics included,
+    so it can be evaluated like any D (or with ``features.bn_stats = "data"``)."""
+    for averaged, current in zip(ema.state_dict().values(), d.state_dict().values()):
+        if averaged.is_floating_point():
+            averaged.lerp_(current.to(averaged.dtype), 1 - decay)
+        else:
+            averaged.copy_(current)
 
 
 def write_training_checkpoint(state: TrainingState, config: Config, paths: list[Path]) -> None:
@@ -128,9 +148,11 @@ def write_training_checkpoint(state: TrainingState, config: Config, paths: list[
             save_checkpoint(path, payload)
 
 
-def save_discriminator(path: Path, state: TrainingState, config: Config, **selection) -> None:
-    """D's weights and config, where training stands, and how this D was chosen (the final one, or the best probe)."""
-    d_state = {k: v.detach().cpu() for k, v in state.discriminator.state_dict().items()}
+def save_discriminator(path: Path, state: TrainingState, config: Config, discriminator: Discriminator | None = None,
+                       **selection) -> None:
+    """D's weights and config, where training stands, and how this D was chosen (the final one, the best probe, or
+    the moving average, given as ``discriminator``)."""
+    d_state = {k: v.detach().cpu() for k, v in (discriminator or state.discriminator).state_dict().items()}
     save_checkpoint(path, {"kind": "discriminator", "config": config.to_dict(), "discriminator": d_state,
                            "epoch": state.epoch, "step": state.step, "global_step": state.global_step,
                            "train_seconds": round(state.train_seconds, 1), "provenance": state.provenance,

@@ -313,26 +313,30 @@ def test_validation_protocol_never_reads_the_test_split_and_stays_out_of_the_rep
     assert "| validation " not in markdown and "| full " in markdown
 
 
-def test_evaluate_selects_the_final_or_the_best_probe_d_and_records_which(tmp_path):
+def test_evaluate_selects_the_final_the_best_probe_or_the_moving_average_d_and_records_which(tmp_path):
     def ok(*args):
         result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
         assert result.exit_code == 0, result.output
         return result.output
 
     ok("pretrain", "--dataset", "fake", "--epochs", "1", "--out", tmp_path / "run", *TINY,
-       "--set", "train.probe_every=3", "--set", "train.probe_images=200")
+       "--set", "train.probe_every=3", "--set", "train.probe_images=200", "--set", "train.ema_decay=0.9")
     common = ["evaluate", "--checkpoint", tmp_path / "run", "--results-dir", tmp_path / "res",
               "--set", "svm.c_grid=[1e-2]"]
     ok(*common)
     ok(*common, "--select", "best-probe")
+    ok(*common, "--select", "ema")
     records = [json.loads(p.read_text())["checkpoint"] for p in sorted((tmp_path / "res").glob("*.json"))]
-    assert sorted(r["selected_by"] for r in records) == ["final", "probe"]
+    assert sorted(r["selected_by"] for r in records) == ["ema", "final", "probe"]
+    assert len({r["sha256"] for r in records}) == 3
     assert next(r for r in records if r["selected_by"] == "probe")["probe_accuracy"] is not None
     report = ok("report", tmp_path / "res")
-    assert 'pretrain.selected_by="probe"' in report and 'pretrain.selected_by="final"' in report
+    assert all(f'pretrain.selected_by="{which}"' in report for which in ("probe", "final", "ema"))
     ok("pretrain", "--dataset", "fake", "--epochs", "1", "--out", tmp_path / "plain", *TINY)
-    assert "holds no discriminator_best_probe.pt" in fail("evaluate", "--checkpoint", tmp_path / "plain",
-                                                          "--select", "best-probe")
+    for select, name in (("best-probe", "discriminator_best_probe.pt"), ("ema", "discriminator_ema.pt")):
+        assert f"holds no {name}" in fail("evaluate", "--checkpoint", tmp_path / "plain", "--select", select)
+    assert "picks a file of a run directory" in fail("evaluate", "--checkpoint", tmp_path / "plain" /
+                                                     "discriminator.pt", "--select", "ema")
 
 
 def test_evaluate_extracts_flipped_training_images_for_train_hflip(tmp_path, tiny_run):

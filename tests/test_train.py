@@ -8,6 +8,7 @@ import dcgan_features.train as train_module
 from dcgan_features.checkpoint import load_checkpoint, load_discriminator, resolve_checkpoint, save_checkpoint
 from dcgan_features.config import apply_overrides
 from dcgan_features.errors import UserError
+from dcgan_features.models import build_models
 from dcgan_features.train import pretrain
 
 
@@ -343,3 +344,52 @@ def test_the_progress_line_keeps_the_probe_score_beside_a_collapse_warning(tiny_
     train_module.log_step(state, stats, meter, tmp_path, tiny_config.train)
     line = meter.status()
     assert "D collapsed" in line and line.endswith("| probe 50.0% (best 50.0%)")
+
+
+def test_the_moving_average_of_d_leaves_training_as_it_was_and_resumes_exactly(tiny_config, tmp_path, monkeypatch):
+    """train.ema_decay adds discriminator_ema.pt and changes nothing else: G and D equal a run without it bit for
+    bit; the average is the recurrence over D's states after every step; a resumed run's average is the same."""
+    ema_config = apply_overrides(tiny_config, {"train.ema_decay": 0.9, "train.checkpoint_every": 3})
+    pretrain(tiny_config, tmp_path / "plain", echo=lambda s: None)
+    seen, real_update = [], train_module.update_ema
+    monkeypatch.setattr(train_module, "update_ema", lambda ema, d, decay: seen.append(
+        {k: v.clone() for k, v in d.state_dict().items()}) or real_update(ema, d, decay))
+    pretrain(ema_config, tmp_path / "ema", echo=lambda s: None)
+    a, b = weights(tmp_path / "plain"), weights(tmp_path / "ema")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    average = load_checkpoint(tmp_path / "ema" / "discriminator_ema.pt")
+    steps = load_checkpoint(tmp_path / "ema" / "checkpoint.pt")["global_step"]
+    assert average["selected_by"] == "ema" and len(seen) == steps
+    torch.manual_seed(tiny_config.train.seed)  # the initial D, as new_state builds it
+    expected = {k: v.clone() for k, v in build_models(tiny_config.model)[1].state_dict().items()}
+    for state in seen:
+        for k, v in state.items():
+            expected[k] = 0.9 * expected[k] + 0.1 * v if v.is_floating_point() else v
+    assert average["discriminator"].keys() == expected.keys()
+    for k, v in average["discriminator"].items():
+        torch.testing.assert_close(v, expected[k], rtol=1e-5, atol=1e-6)
+    assert any(not torch.equal(v, a[f"d.{k}"]) for k, v in average["discriminator"].items())  # not the final D
+
+    monkeypatch.setattr(train_module, "update_ema", real_update)
+    real_step, calls = train_module.train_step, {"n": 0}
+
+    def dies_at_step_5(*args):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real_step(*args)
+
+    monkeypatch.setattr(train_module, "train_step", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(ema_config, tmp_path / "resumed", echo=lambda s: None)
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    pretrain(ema_config, tmp_path / "resumed", echo=lambda s: None)
+    resumed = load_checkpoint(tmp_path / "resumed" / "discriminator_ema.pt")["discriminator"]
+    assert all(torch.equal(resumed[k], average["discriminator"][k]) for k in resumed)
+
+
+def test_ema_decay_outside_zero_to_one_is_refused(tiny_config):
+    for bad in (-0.1, 1.0):
+        with pytest.raises(UserError, match=r"train.ema_decay must lie in \[0, 1\)"):
+            apply_overrides(tiny_config, {"train.ema_decay": bad})

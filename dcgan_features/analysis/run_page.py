@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..artifacts import atomic_path, provenance, sha256_file
-from ..checkpoint import BEST_PROBE_FILE, DISCRIMINATOR_FILE, TRAINING_FILE, load_checkpoint
+from ..checkpoint import BEST_PROBE_FILE, DISCRIMINATOR_FILE, EMA_FILE, TRAINING_FILE, load_checkpoint
 from ..errors import UserError
 from ..report import checkpoint_results
 from .common import pyplot, save_figure
@@ -90,8 +90,8 @@ def sample_grids(run_dir: Path, out_dir: Path) -> tuple[list[Path], Path | None]
 
 def results_for(run_dir: Path, results_dirs: list[Path]) -> pd.DataFrame:
     """Every result file under ``results_dirs`` that evaluated one of the run's checkpoint files."""
-    hashes = {sha256_file(run_dir / name): name for name in (DISCRIMINATOR_FILE, BEST_PROBE_FILE, TRAINING_FILE)
-              if (run_dir / name).is_file()}
+    names = (DISCRIMINATOR_FILE, BEST_PROBE_FILE, EMA_FILE, TRAINING_FILE)
+    hashes = {sha256_file(run_dir / name): name for name in names if (run_dir / name).is_file()}
     return checkpoint_results(hashes, results_dirs)
 
 
