@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-from .errors import UserError
+from .errors import UserError, check_at_least, check_choice, check_positive
 
 # One registry per choice: the config classes below, the CLI's options and the stages that act on a choice
 # all read these, so a new dataset, loss or solver is added in one place (data.READERS and losses.LOSSES key
@@ -39,27 +39,9 @@ AUGMENTATIONS = ("color", "translation", "cutout")  # DiffAugment's, in augment.
 HESSIAN_PRECISIONS = ("float32", "bfloat16", "auto")  # auto: runtime.settled_hessian_precision
 SELECTIONS = ("final", "best-probe", "ema")  # which D of a run: its last, its best probe, its weights' moving average
 EXPORT_DTYPES = ("float32", "float16")  # extract: how features.npy stores the features
-
-
-def check_at_least(section: Any, name: str, keys: tuple[str, ...], minimum: int) -> None:
-    """Refuse any of ``keys`` (integers) below ``minimum``."""
-    for key in keys:
-        if getattr(section, key) < minimum:
-            raise UserError(f"{name}.{key} must be at least {minimum}, got {getattr(section, key)}")
-
-
-def check_choice(section: Any, name: str, key: str, choices: tuple[str, ...]) -> None:
-    """Refuse a value of ``key`` that is not one of ``choices`` (a registry above)."""
-    if getattr(section, key) not in choices:
-        raise UserError(f"{name}.{key} must be one of {', '.join(choices)}, got {getattr(section, key)!r}")
-
-
-def check_positive(section: Any, name: str, keys: tuple[str, ...]) -> None:
-    """Refuse any of ``keys`` (floats) that is not a finite number above 0 (NaN included)."""
-    for key in keys:
-        value = getattr(section, key)
-        if not 0 < value < math.inf:
-            raise UserError(f"{name}.{key} must be a positive number, got {value}")
+FEATURE_KINDS = ("pooled", "fisher", "pooled+fisher")  # features.kind: the pooled grid, D's Fisher vector, or both
+FISHER_OUTPUTS = ("logit", "sigmoid")  # which output of D the Fisher vector is the gradient of
+FISHER_REDUCTIONS = ("sketch", "stride")  # a signed CountSketch of every coordinate, or every k-th coordinate
 
 
 @dataclass(frozen=True)
@@ -240,11 +222,22 @@ class FeatureConfig:
     pool: str = "max"  # max | avg
     bn_stats: str = "running"  # running (D's averages) | data (recomputed from the training images)
     batch_size: int = 256
+    # What a feature is: "pooled" (the grids above), "fisher" (fisher.py: D's per-image gradient with respect to its
+    # weights, centred and scaled by its mean and spread over fisher_samples images from the run's G, reduced to
+    # fisher_dim coordinates), or "pooled+fisher" (both, side by side). Fisher vectors need the run's generator.pt.
+    kind: str = "pooled"
+    fisher_output: str = "logit"
+    fisher_reduce: str = "sketch"
+    fisher_dim: int = 16384
+    fisher_samples: int = 1024
 
     def __post_init__(self) -> None:
         check_choice(self, "features", "pool", POOLS)
         check_choice(self, "features", "bn_stats", BN_STATS)
-        check_at_least(self, "features", ("grid", "batch_size"), 1)
+        check_at_least(self, "features", ("grid", "batch_size", "fisher_dim", "fisher_samples"), 1)
+        for key, choices in (("kind", FEATURE_KINDS), ("fisher_output", FISHER_OUTPUTS),
+                             ("fisher_reduce", FISHER_REDUCTIONS)):
+            check_choice(self, "features", key, choices)
         if min(self.pyramid, default=1) < 1 or len(set(self.pyramid)) != len(self.pyramid):
             raise UserError(f"features.pyramid must hold distinct grid sizes of at least 1, got {list(self.pyramid)}")
         if self.grid in self.pyramid:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+from torch import nn
 
 from .artifacts import provenance, sha256_file, write_json
 from .checkpoint import load_checkpoint, load_discriminator, resolve_checkpoint
@@ -20,6 +21,7 @@ from .data import ImageSet, load_images
 from .distributed import init_world
 from .errors import UserError
 from .features import FeatureSet, FrozenExtractor, PixelExtractor, PoolingSpec, cache_key, cached_features
+from .fisher import FisherExtractor, describe_fisher, generated_moments, load_run_generator
 from .models import Discriminator, build_models, recompute_batchnorm_stats
 from .protocols import PROTOCOLS, EvalConfig, Outcome, ProtocolInputs, svhn_shuffle
 from .records import (
@@ -259,14 +261,33 @@ def extract_splits(run: Run, cache_dir, device, echo) -> tuple[dict[str, Feature
     bn_key = "running"
     if config.features.bn_stats == "data" and subject.baseline != "pixels":
         bn_key = recompute_data_statistics(run, data["train"], device)
-    extractor = PixelExtractor() if subject.baseline == "pixels" else FrozenExtractor(subject.discriminator, spec)
+    start = time.perf_counter()
+    extractor, fisher_key = make_extractor(subject, spec, device)
+    timings["fisher_moments_s"] = round(time.perf_counter() - start, 2) if fisher_key else None
     features = {}
     for split, images in data.items():
         start = time.perf_counter()
-        key = cache_key(subject.sha256, spec, images, bn_stats=bn_key)
+        key = cache_key(subject.sha256, spec, images, bn_stats=bn_key, fisher=fisher_key)
         features[split] = cached_features(extractor, images, key, cache_dir, config.features.batch_size, device)
         timings[f"features_{split}_s"] = round(time.perf_counter() - start, 2)
     return features, spec, timings
+
+
+def make_extractor(subject: Subject, spec: PoolingSpec, device: torch.device) -> tuple[nn.Module, dict | None]:
+    """The extractor of ``features.kind``, and what the feature cache must know of it beyond the pooling spec (None
+    for pooled features). Fisher vectors take their mean and scale from the run's G, so its file is in the key."""
+    if subject.baseline == "pixels":
+        return PixelExtractor(), None
+    cfg, pooled = subject.config.features, FrozenExtractor(subject.discriminator, spec)
+    if cfg.kind == "pooled":
+        return pooled, None
+    if subject.baseline:
+        raise UserError(f"features.kind {cfg.kind!r} needs a trained run's G; the {subject.baseline} baseline has none")
+    generator, generator_path = load_run_generator(subject.path, subject.stored.model)
+    mean, std = generated_moments(subject.discriminator, generator, cfg, subject.stored.model, device)
+    extractor = FisherExtractor(subject.discriminator, mean, std, cfg, pooled if cfg.kind == "pooled+fisher" else None)
+    keys = ("kind", "fisher_output", "fisher_reduce", "fisher_dim", "fisher_samples")
+    return extractor, {**{k: getattr(cfg, k) for k in keys}, "generator_sha256": sha256_file(generator_path)}
 
 
 def recompute_data_statistics(run: Run, train: ImageSet, device) -> str:
@@ -288,7 +309,10 @@ def describe(spec: PoolingSpec, subject: Subject) -> str:
     if subject.baseline == "pixels":
         c, n = subject.config.model.channels, subject.config.model.image_size
         return f"raw pixels {c}x{n}x{n} = {c * n * n:,} features (pixels baseline)"
-    return spec.describe(subject.discriminator) + (" (untrained D baseline)" if subject.baseline else "")
+    cfg = subject.config.features
+    fisher = describe_fisher(subject.discriminator, cfg)
+    pooled = spec.describe(subject.discriminator) + (" (untrained D baseline)" if subject.baseline else "")
+    return {"pooled": pooled, "fisher": fisher}.get(cfg.kind, f"{pooled} + {fisher}")
 
 
 def subject_record(subject: Subject) -> dict[str, Any]:

@@ -27,8 +27,8 @@ import torch
 from .artifacts import current_umask, provenance, write_json
 from .data import load_images
 from .errors import UserError
-from .evaluate import data_flags, describe, load_subject
-from .features import FrozenExtractor, PoolingSpec, extract
+from .evaluate import data_flags, describe, load_subject, make_extractor
+from .features import PoolingSpec, extract
 from .models import recompute_batchnorm_stats
 from .runtime import resolve_device
 
@@ -82,7 +82,7 @@ def _write_arrays(folder: Path, subject, spec: PoolingSpec, images, dtype: str, 
                   batch_size: int) -> tuple[int, int]:
     """features.npy through a memory map, then labels.npy and indices.npy; returns the features' shape."""
     allocate = lambda shape: np.lib.format.open_memmap(folder / "features.npy", "w+", DTYPES[dtype], shape)  # noqa: E731
-    extractor = FrozenExtractor(subject.discriminator, spec)
+    extractor = make_extractor(subject, spec, device)[0]
     features = extract(extractor, images.images, batch_size, device,
                        label=f"features: {images.name} {images.split}", allocate=allocate)
     if isinstance(features, np.memmap):

@@ -141,10 +141,13 @@ class FeatureSet:
     cache_hit: bool
 
 
-def cache_key(checkpoint_sha256: str, spec: PoolingSpec, data: ImageSet, bn_stats: str) -> dict[str, Any]:
-    """Everything that determines the features, as plain JSON values (so it compares equal once stored)."""
-    return json.loads(json.dumps({"checkpoint_sha256": checkpoint_sha256, "spec": spec.key(), "dataset": data.name,
-            "split": data.split, "num_images": len(data), "data_sha256": data.fingerprint(), "bn_stats": bn_stats}))
+def cache_key(checkpoint_sha256: str, spec: PoolingSpec, data: ImageSet, bn_stats: str,
+              fisher: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything that determines the features, as plain JSON values (so it compares equal once stored); with
+    ``fisher``, what defines the Fisher vectors (fisher.py) too, absent for pooled features so older entries hold."""
+    key = {"checkpoint_sha256": checkpoint_sha256, "spec": spec.key(), "dataset": data.name, "split": data.split,
+           "num_images": len(data), "data_sha256": data.fingerprint(), "bn_stats": bn_stats}
+    return json.loads(json.dumps(key | ({"fisher": fisher} if fisher else {})))
 
 
 def extract_shared(extractor: nn.Module, images: torch.Tensor, batch_size: int, device: torch.device,

@@ -14,6 +14,8 @@ ROOT = Path(__file__).parents[1]
     ("pretrain_throughput.py", ["--dataset", "fake", "--steps", "1", "--repeats", "1"]),
     ("step_breakdown.py", ["--steps", "1", "--repeats", "1", "--batch-size", "4"]),
     ("extract_throughput.py", ["--dataset", "fake", "--images", "8", "--repeats", "1"]),
+    ("fisher_throughput.py", ["--dataset", "fake", "--images", "8", "--repeats", "1", "--set-width", "8",
+                              "--dim", "64"]),
     ("svm_scale.py", ["--synthetic", "--sizes", "300x40", "--solvers", "liblinear", "torch", "torch-bf16-nystrom"]),
     ("evaluate_scale.py", ["--dataset", "fake", "--config", "configs/digits.toml", "--set", "model.width=8",
                            "--set", "svm.c_grid=[1e-3]"]),
