@@ -310,9 +310,11 @@ def describe(spec: PoolingSpec, subject: Subject) -> str:
         c, n = subject.config.model.channels, subject.config.model.image_size
         return f"raw pixels {c}x{n}x{n} = {c * n * n:,} features (pixels baseline)"
     cfg = subject.config.features
-    fisher = describe_fisher(subject.discriminator, cfg)
     pooled = spec.describe(subject.discriminator) + (" (untrained D baseline)" if subject.baseline else "")
-    return {"pooled": pooled, "fisher": fisher}.get(cfg.kind, f"{pooled} + {fisher}")
+    if cfg.kind == "pooled":
+        return pooled
+    fisher = describe_fisher(subject.discriminator, cfg)
+    return fisher if cfg.kind == "fisher" else f"{pooled} + {fisher}"
 
 
 def subject_record(subject: Subject) -> dict[str, Any]:

@@ -37,7 +37,7 @@ SELECTION_KEYS = {"probe": PROBE_KEYS, "ema": frozenset({"train.ema_decay"})}
 NOT_EXPERIMENT_KEYS = frozenset({
     "data.root", "data.download", "train.seed", "train.device", "train.log_every", "train.checkpoint_every",
     "train.num_samples", "train.collapse_loss", "train.collapse_steps", "train.channels_last", "train.compile",
-    "features.batch_size", *PROBE_KEYS, *SELECTION_KEYS["ema"]})
+    "features.batch_size", *(key for keys in SELECTION_KEYS.values() for key in keys)})
 REQUIRED = ("eval_dataset", "protocol", "seed", "feature_dim", "chosen_C", "validation", "pretrain", "checkpoint")
 
 

@@ -19,6 +19,31 @@ torch.set_num_threads(2)
 
 
 @pytest.fixture
+def interrupted_pretrain(monkeypatch):
+    """``run(config, run_dir, at)``: pretrain and stop it with a KeyboardInterrupt as its ``at``-th step begins, as a
+    kill would; the run folder keeps what was checkpointed before, and a later ``pretrain`` resumes from it."""
+    import dcgan_features.train as train_module
+
+    def run(config, run_dir, at):
+        real_step, calls = train_module.train_step, {"n": 0}
+
+        def dies(*args):
+            calls["n"] += 1
+            if calls["n"] == at:
+                raise KeyboardInterrupt
+            return real_step(*args)
+
+        monkeypatch.setattr(train_module, "train_step", dies)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                train_module.pretrain(config, run_dir, echo=lambda s: None)
+        finally:
+            monkeypatch.setattr(train_module, "train_step", real_step)
+
+    return run
+
+
+@pytest.fixture
 def tiny_config():
     """A DCGAN small enough to train for a few steps in well under a second per step on CPU."""
     return load_config(None, {"data.dataset": "fake", "model.width": 8, "train.epochs": 2,

@@ -107,21 +107,10 @@ def test_each_lever_changes_the_update(tiny_config, lever):
     assert any(not torch.equal(after["default"][k], after[lever][k]) for k in after["default"])
 
 
-def test_a_run_with_every_lever_resumes_bitwise_and_evaluates(tiny_config, tmp_path, monkeypatch):
+def test_a_run_with_every_lever_resumes_bitwise_and_evaluates(tiny_config, tmp_path, interrupted_pretrain):
     config = apply_overrides(tiny_config, {**ALL_LEVERS, "train.checkpoint_every": 3})
     pretrain(config, tmp_path / "straight", echo=lambda s: None)
-    real_step, calls = train_module.train_step, {"n": 0}
-
-    def dies_at_step_11(*args):
-        calls["n"] += 1
-        if calls["n"] == 11:  # the last checkpoint was at step 9
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    monkeypatch.setattr(train_module, "train_step", dies_at_step_11)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(config, tmp_path / "resumed", echo=lambda s: None)
-    monkeypatch.setattr(train_module, "train_step", real_step)
+    interrupted_pretrain(config, tmp_path / "resumed", at=11)  # the last checkpoint was at step 9
     pretrain(config, tmp_path / "resumed", echo=lambda s: None)
     a, b = (load_checkpoint(tmp_path / run / "checkpoint.pt") for run in ("straight", "resumed"))
     for part in ("generator", "discriminator", "rotation_head"):

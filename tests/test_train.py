@@ -32,23 +32,11 @@ def test_run_directory_contents(tiny_config, tmp_path):
     assert payload["epoch"] == 2 and payload["finished"]
 
 
-def test_interrupted_run_resumes_bitwise(tiny_config, tmp_path, monkeypatch):
+def test_interrupted_run_resumes_bitwise(tiny_config, tmp_path, interrupted_pretrain):
     config = apply_overrides(tiny_config, {"train.checkpoint_every": 3})
     pretrain(config, tmp_path / "straight", echo=lambda s: None)
-
-    real_step, calls = train_module.train_step, {"n": 0}
-
-    def dies_at_step_14(*args):
-        calls["n"] += 1
-        if calls["n"] == 14:  # mid epoch 2; the last checkpoint was at step 12
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    monkeypatch.setattr(train_module, "train_step", dies_at_step_14)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(config, tmp_path / "resumed", echo=lambda s: None)
+    interrupted_pretrain(config, tmp_path / "resumed", at=14)  # mid epoch 2; the last checkpoint was at step 12
     assert load_checkpoint(tmp_path / "resumed" / "checkpoint.pt")["global_step"] == 12
-    monkeypatch.setattr(train_module, "train_step", real_step)
     pretrain(config, tmp_path / "resumed", echo=lambda s: None)
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -255,7 +243,7 @@ def test_train_step_matches_the_plain_examples_step(tiny_config):
     assert all(torch.allclose(ours[k].float(), theirs[k].float(), atol=1e-6) for k in ours)
 
 
-def test_extending_a_decaying_run_continues_its_schedule_or_is_refused(tiny_config, tmp_path, monkeypatch):
+def test_extending_a_decaying_run_continues_its_schedule_or_is_refused(tiny_config, tmp_path, interrupted_pretrain):
     """The learning rate depends on the final epoch count: a run stopped before its decay and extended with
     --epochs ends bitwise equal to a run started with the larger count; one whose decay had begun is refused,
     and its config.json is left as it was."""
@@ -266,18 +254,8 @@ def test_extending_a_decaying_run_continues_its_schedule_or_is_refused(tiny_conf
 
     pretrain(config(3), tmp_path / "straight", echo=lambda s: None)
     steps = len(load_images("fake", "", "train", image_size=32, channels=3)) // tiny_config.train.batch_size
-    real_step, calls = train_module.train_step, {"n": 0}
-
-    def stops_after_one_epoch(*args):
-        calls["n"] += 1
-        if calls["n"] == steps + 1:  # the first step of epoch 2: epoch 1's checkpoint is the last
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    monkeypatch.setattr(train_module, "train_step", stops_after_one_epoch)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(config(2), tmp_path / "extended", echo=lambda s: None)  # [lr, lr/2]: stopped before the decay
-    monkeypatch.setattr(train_module, "train_step", real_step)
+    # [lr, lr/2], stopped before the decay, at the first step of epoch 2: epoch 1's checkpoint is the last
+    interrupted_pretrain(config(2), tmp_path / "extended", at=steps + 1)
     pretrain(config(3), tmp_path / "extended", echo=lambda s: None)  # [lr, lr, lr/2], as "straight"
     a, b = weights(tmp_path / "straight"), weights(tmp_path / "extended")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -346,7 +324,8 @@ def test_the_progress_line_keeps_the_probe_score_beside_a_collapse_warning(tiny_
     assert "D collapsed" in line and line.endswith("| probe 50.0% (best 50.0%)")
 
 
-def test_the_moving_average_of_d_leaves_training_as_it_was_and_resumes_exactly(tiny_config, tmp_path, monkeypatch):
+def test_the_moving_average_of_d_leaves_training_as_it_was_and_resumes_exactly(tiny_config, tmp_path, monkeypatch,
+                                                                             interrupted_pretrain):
     """train.ema_decay adds discriminator_ema.pt and changes nothing else: G and D equal a run without it bit for
     bit; the average is the recurrence over D's states after every step; a resumed run's average is the same."""
     ema_config = apply_overrides(tiny_config, {"train.ema_decay": 0.9, "train.checkpoint_every": 3})
@@ -372,18 +351,7 @@ def test_the_moving_average_of_d_leaves_training_as_it_was_and_resumes_exactly(t
     assert any(not torch.equal(v, a[f"d.{k}"]) for k, v in average["discriminator"].items())  # not the final D
 
     monkeypatch.setattr(train_module, "update_ema", real_update)
-    real_step, calls = train_module.train_step, {"n": 0}
-
-    def dies_at_step_5(*args):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt
-        return real_step(*args)
-
-    monkeypatch.setattr(train_module, "train_step", dies_at_step_5)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(ema_config, tmp_path / "resumed", echo=lambda s: None)
-    monkeypatch.setattr(train_module, "train_step", real_step)
+    interrupted_pretrain(ema_config, tmp_path / "resumed", at=5)  # the last checkpoint was at step 3
     pretrain(ema_config, tmp_path / "resumed", echo=lambda s: None)
     resumed = load_checkpoint(tmp_path / "resumed" / "discriminator_ema.pt")["discriminator"]
     assert all(torch.equal(resumed[k], average["discriminator"][k]) for k in resumed)
