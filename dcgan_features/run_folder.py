@@ -46,7 +46,10 @@ def prepare_run(run_dir: Path, config: Config, force: bool) -> dict | None:
             shutil.rmtree(run_dir / name, ignore_errors=True)
     if config_path.exists():
         stored = config_of({"config": read_json(config_path)}, str(config_path))
-        changed = _changed_keys(stored, config, ignore={"train.epochs", "train.device", "data.root", *SPEED_KEYS},
+        # The epoch count and its decay may change: check_schedule_so_far refuses any change to the learning rate
+        # of an epoch already begun, so an extended run (even one given a decay) equals a run started that way.
+        changed = _changed_keys(stored, config, ignore={"train.epochs", "train.lr_decay_epochs", "train.device",
+                                                        "data.root", *SPEED_KEYS},
                                 ignore_sections={"features", "svm"})  # evaluation settings, not training
         if changed:
             raise UserError(f"run {run_dir} was started with a different config ({', '.join(changed)}); "
@@ -75,9 +78,10 @@ def check_training_payload(payload: dict, path: Path) -> None:
 
 
 def check_schedule_so_far(trained: TrainConfig, wanted: TrainConfig, epochs_begun: int, run_dir: Path) -> None:
-    """The learning rate is a function of (epoch, final epoch count). A run whose epoch count changes (``--epochs``)
-    continues exactly as a run started with the new count would, provided the epochs it has begun had the same
-    learning rate under both; otherwise (its decay had already started) it is refused, never restarted silently."""
+    """The learning rate is a function of (epoch, final epoch count, decay length). A run whose epoch count or decay
+    changes (``--epochs``, ``train.lr_decay_epochs``) continues exactly as a run started with the new values would,
+    provided the epochs it has begun had the same learning rate under both; otherwise (the new schedule would change
+    an epoch already begun) it is refused, never restarted silently."""
     changed = [e for e in range(min(epochs_begun, wanted.epochs)) if trained.lr_at(e) != wanted.lr_at(e)]
     if changed:
         raise UserError(

@@ -265,6 +265,22 @@ def test_extending_a_decaying_run_continues_its_schedule_or_is_refused(tiny_conf
     assert (tmp_path / "straight" / "config.json").read_text() == before
 
 
+def test_a_finished_constant_rate_run_extended_with_a_decay_equals_a_run_started_with_it(tiny_config, tmp_path):
+    """A finished run can be extended and annealed (--epochs N --set train.lr_decay_epochs=K): bitwise the run
+    started with that schedule; a decay that would reach into epochs already trained is refused."""
+    def config(epochs, decay):
+        return apply_overrides(tiny_config, {"train.epochs": epochs, "train.lr_decay_epochs": decay, "train.lr": 1e-3})
+
+    pretrain(config(4, 2), tmp_path / "straight", echo=lambda s: None)  # [lr, lr, 2lr/3, lr/3]
+    pretrain(config(2, 0), tmp_path / "extended", echo=lambda s: None)  # [lr, lr], finished
+    pretrain(config(4, 2), tmp_path / "extended", echo=lambda s: None)
+    a, b = weights(tmp_path / "straight"), weights(tmp_path / "extended")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "extended" / "config.json").read_text())["train"]["lr_decay_epochs"] == 2
+    with pytest.raises(UserError, match="4 of 4 epochs.*6 epochs would give epoch 3, already begun"):
+        pretrain(config(6, 4), tmp_path / "extended", echo=lambda s: None)
+
+
 def test_the_online_probe_scores_training_images_only_and_leaves_training_as_it_was(tiny_config, tmp_path,
                                                                                      monkeypatch):
     """With train.probe_every the run logs a probe score every N steps and keeps the best-scoring D; the probe
