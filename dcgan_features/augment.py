@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import UserError
+
 
 def _uniform(n: int, rng: torch.Generator, x: torch.Tensor) -> torch.Tensor:
     """n draws from U[0, 1) shaped (n, 1, 1, 1), drawn on the generator's device and moved to x's."""
@@ -54,6 +56,21 @@ def cutout(x: torch.Tensor, rng: torch.Generator, ratio: float = 0.5) -> torch.T
     xs = torch.arange(w, device=x.device).view(1, 1, w)
     inside = (ys >= top) & (ys < top + ch) & (xs >= left) & (xs < left + cw)  # (n, h, w)
     return x * (~inside).unsqueeze(1).to(x.dtype)
+
+
+SHIFT_CHUNK = 4096  # part of what a shifted copy is: the draws are made chunk by chunk
+
+
+def shifted_copy(images: torch.Tensor, max_shift: int, seed: int) -> torch.Tensor:
+    """``images`` (N, C, H, W) each shifted by up to ``max_shift`` pixels in each direction (zero-filled), drawn
+    from a generator seeded with ``seed``, in fixed chunks of :data:`SHIFT_CHUNK` images (to bound the index
+    grids' memory): the SVM's shifted fitting views (``svm.train_translate``), the same for the same images and
+    seed, so their features are cached."""
+    if not 0 <= max_shift < min(images.shape[-2:]):
+        raise UserError(f"svm.train_translate must be below the image size ({min(images.shape[-2:])}), got {max_shift}")
+    rng = torch.Generator().manual_seed(seed)
+    ratio = max_shift / images.shape[-1]  # translation() turns it back into max_shift pixels (square images)
+    return torch.cat([translation(part, rng, ratio) for part in images.split(SHIFT_CHUNK)]).contiguous()
 
 
 AUGMENTATIONS = {"color": color, "translation": translation, "cutout": cutout}

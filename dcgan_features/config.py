@@ -257,6 +257,10 @@ class SvmConfig:
     # Augment the SVM's fitting rows with the features of the same images flipped left-right (validation and test
     # rows are never flipped): twice the rows, so about twice the SVM time.
     train_hflip: bool = False
+    # Also fit on train_translate_views copies of the training images, each shifted by up to train_translate pixels
+    # in each direction (zero-filled; a fixed draw per copy, so the cache holds them): (1 + hflip + copies) x rows.
+    train_translate: int = 0
+    train_translate_views: int = 1
     # Score each validation and test image by the mean SVM decision over it and its mirror (a two-view read-out;
     # the paper scores one view, so the report labels such rows as another read-out). C is chosen the same way.
     score_hflip: bool = False
@@ -283,7 +287,8 @@ class SvmConfig:
             raise UserError("every C in svm.c_grid must be positive")
         if not 0 < self.val_fraction < 1:
             raise UserError("svm.val_fraction must lie strictly between 0 and 1")
-        check_at_least(self, "svm", ("max_iter",), 1)
+        check_at_least(self, "svm", ("max_iter", "train_translate_views"), 1)
+        check_at_least(self, "svm", ("train_translate",), 0)
         check_positive(self, "svm", ("tol",))
 
 

@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from .artifacts import provenance, sha256_file, write_json
+from .augment import shifted_copy
 from .checkpoint import load_checkpoint, load_discriminator, resolve_checkpoint
-from .config import Config, apply_overrides, read_config_file
+from .config import Config, SvmConfig, apply_overrides, read_config_file
 from .data import ImageSet, load_images
 from .distributed import init_world
 from .errors import UserError
@@ -37,6 +38,7 @@ from .records import (
 )
 from .runtime import resolve_device, settled_hessian_precision
 from .svm import make_classifier
+from .svm_rows import FittingViews
 
 EVALUATION_SECTIONS = ("data", "features", "svm")
 
@@ -179,14 +181,15 @@ def write_result(path: Path, result: dict[str, Any], force: bool) -> None:
 
 def run_protocol(run: Run, features: dict[str, FeatureSet], device: torch.device) -> Outcome:
     """The protocol the settings name (from the registry), on the (memory-mapped) train and test features; the
-    training images' mirrored features join the SVM's fitting rows under ``svm.train_hflip``, and the mirrored
+    training images' other views join the SVM's fitting rows (:func:`fitting_view_names`), and the mirrored
     features of every split score its images by two views under ``svm.score_hflip``."""
     svm, train, test = run.subject.config.svm, features["train"], features.get("test")
     mirror = lambda split, wanted: features[split].features if wanted and split in features else None  # noqa: E731
+    views = [features[name].features for name in fitting_view_names(svm) if name in features]
     inputs = ProtocolInputs(train.features, train.labels, None if test is None else test.features,
                             None if test is None else test.labels, svm, run.seed,
                             partial(make_classifier, svm, device=str(device)),
-                            mirror("train_mirrored", svm.train_hflip), mirror("train_mirrored", svm.score_hflip),
+                            FittingViews(tuple(views)) if views else None, mirror("train_mirrored", svm.score_hflip),
                             mirror("test_mirrored", svm.score_hflip))
     return PROTOCOLS[run.settings.protocol].run(inputs, run.settings)
 
@@ -240,8 +243,7 @@ def evaluate_seeds(checkpoint: str | Path | None, settings: EvalConfig = EvalCon
 
 def extract_splits(run: Run, cache_dir, device, echo) -> tuple[dict[str, FeatureSet], PoolingSpec, dict]:
     """Train and test features of the run's dataset (cached), with batch-norm statistics as configured, and with
-    ``svm.train_hflip`` or ``svm.score_hflip`` those of the images flipped left-right ("train_mirrored", and with
-    ``score_hflip`` "test_mirrored"). The validation protocol never loads the test split."""
+    the other views :func:`other_views` names. The validation protocol never loads the test split."""
     subject, config = run.subject, run.subject.config
     spec = PoolingSpec.from_config(config.features, subject.discriminator)
     if subject.baseline == "pixels":
@@ -251,12 +253,8 @@ def extract_splits(run: Run, cache_dir, device, echo) -> tuple[dict[str, Feature
     data = {split: load_images(run.dataset, config.data.root, split, image_size=config.model.image_size,
                                channels=config.model.channels, download=config.data.download)
             for split in (("train", "test") if PROTOCOLS[run.settings.protocol].reads_test else ("train",))}
-    mirrored = (("train",) if config.svm.train_hflip else ()) + (tuple(data) if config.svm.score_hflip else ())
-    mirrored = mirrored if PROTOCOLS[run.settings.protocol].uses_mirrors else ()
-    for split in sorted(set(mirrored), key=("train", "test").index):
-        images = data[split]
-        data[f"{split}_mirrored"] = replace(images, images=images.images.flip(-1).contiguous(),
-                                            split=f"{images.split}-hflip")
+    if PROTOCOLS[run.settings.protocol].uses_mirrors:
+        data |= other_views(data, config.svm)
     timings = {"load_data_s": round(time.perf_counter() - start, 2)}
     bn_key = "running"
     if config.features.bn_stats == "data" and subject.baseline != "pixels":
@@ -271,6 +269,29 @@ def extract_splits(run: Run, cache_dir, device, echo) -> tuple[dict[str, Feature
         features[split] = cached_features(extractor, images, key, cache_dir, config.features.batch_size, device)
         timings[f"features_{split}_s"] = round(time.perf_counter() - start, 2)
     return features, spec, timings
+
+
+def other_views(data: dict[str, ImageSet], svm: SvmConfig) -> dict[str, ImageSet]:
+    """The other views the SVM settings ask for: with ``svm.train_hflip`` or ``svm.score_hflip`` the images flipped
+    left-right ("train_mirrored", and with ``score_hflip`` "test_mirrored"); with ``svm.train_translate`` the
+    training images' shifted copies ("train_shifted0", ...; the copy's index seeds its shifts)."""
+    views = {}
+    mirrored = (("train",) if svm.train_hflip else ()) + (tuple(data) if svm.score_hflip else ())
+    for split in sorted(set(mirrored), key=("train", "test").index):
+        images = data[split]
+        views[f"{split}_mirrored"] = replace(images, images=images.images.flip(-1).contiguous(),
+                                             split=f"{images.split}-hflip")
+    for name in fitting_view_names(svm)[svm.train_hflip:]:
+        index, train = int(name.removeprefix("train_shifted")), data["train"]
+        views[name] = replace(train, images=shifted_copy(train.images, svm.train_translate, seed=index),
+                              split=f"{train.split}-shift{svm.train_translate}-{index}")
+    return views
+
+
+def fitting_view_names(svm: SvmConfig) -> list[str]:
+    """The features whose rows join the SVM's fitting rows, after the images' own: the mirror, the shifted copies."""
+    shifted = [f"train_shifted{i}" for i in range(svm.train_translate_views)] if svm.train_translate else []
+    return ["train_mirrored"] * svm.train_hflip + shifted
 
 
 def make_extractor(subject: Subject, spec: PoolingSpec, device: torch.device) -> tuple[nn.Module, dict | None]:

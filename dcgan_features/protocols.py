@@ -79,18 +79,18 @@ def fit_log(stage: str, fits: list[dict], **where) -> list[dict]:
 
 
 def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
-             mirrored=None, val_mirror=None, test_mirror=None) -> dict:
+             fit_views=None, val_mirror=None, test_mirror=None) -> dict:
     """All training images: C on a stratified validation split, refit on everything, test once.
 
-    With ``mirrored`` (features of the training images flipped left-right) every fitting row is joined by its
-    mirror image; validation and test rows never are. With ``val_mirror`` and ``test_mirror`` (the training and
-    test images' mirrored features, ``svm.score_hflip``) each validation and test image is scored by the mean
+    With ``fit_views`` (other views of the training images: mirror, shifted copies) every fitting row is joined
+    by its other views; validation and test rows never are. With ``val_mirror`` and ``test_mirror`` (the training
+    and test images' mirrored features, ``svm.score_hflip``) each validation and test image is scored by the mean
     decision over it and its mirror. The arrays are built one at a time, so the sweep's, the refit's and the
     test's copies never coexist."""
     start = time.perf_counter()
-    selection = select_c(train_x, train_y, cfg, seed, factory, mirrored, label=SWEEP_LABEL, scoring_mirror=val_mirror)
+    selection = select_c(train_x, train_y, cfg, seed, factory, fit_views, label=SWEEP_LABEL, scoring_mirror=val_mirror)
     select_s = time.perf_counter() - start
-    X, y = training_rows(train_x, train_y, np.arange(len(train_y)), mirrored)
+    X, y = training_rows(train_x, train_y, np.arange(len(train_y)), fit_views)
     scaler = fitted_scaler(X) if cfg.standardize else None
     if scaler is not None:
         scale_in_place(X, scaler)
@@ -111,11 +111,11 @@ def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factor
 
 
 def run_validation(train_x, train_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
-                   mirrored=None, val_mirror=None) -> Outcome:
+                   fit_views=None, val_mirror=None) -> Outcome:
     """The ``full`` protocol's selection alone: C swept on the same stratified validation split of the training
     set (the same seed gives the same split), and the best validation accuracy reported. Takes no test data."""
     start = time.perf_counter()
-    selection = select_c(train_x, train_y, cfg, seed, factory, mirrored, label=SWEEP_LABEL, scoring_mirror=val_mirror)
+    selection = select_c(train_x, train_y, cfg, seed, factory, fit_views, label=SWEEP_LABEL, scoring_mirror=val_mirror)
     best = next(row["val_accuracy"] for row in selection.table if row["C"] == selection.best_c)
     return Outcome(None, selection.best_c, selection.table, selection.at_grid_edge, fit_log("sweep", selection.table),
                    int(len(train_y)), selection.n_fit, selection.n_val,
@@ -155,7 +155,7 @@ def class_balanced_draw(labels: np.ndarray, per_class: int, rng: np.random.Gener
 
 
 def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
-                  labels_per_class: int, draws: int, mirrored=None, val_mirror=None, test_mirror=None) -> dict:
+                  labels_per_class: int, draws: int, fit_views=None, val_mirror=None, test_mirror=None) -> dict:
     """``draws`` class-balanced draws of ``labels_per_class`` labelled images; C by the mean validation accuracy
     over the draws' own validation parts; each draw refit at that C and scored on test (mirrors as in
     :func:`run_full`)."""
@@ -166,7 +166,7 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     # Selection: every draw's own validation split, C by the mean validation accuracy over draws.
     mirror = lambda array, rows: None if array is None else array[rows]  # noqa: E731
     with progress(draws, f"SVM: C sweep on each of {draws} draws") as bar:
-        tables = [_counted(bar, select_c(train_x[rows], train_y[rows], cfg, seed + d, factory, mirror(mirrored, rows),
+        tables = [_counted(bar, select_c(train_x[rows], train_y[rows], cfg, seed + d, factory, mirror(fit_views, rows),
                                          scoring_mirror=mirror(val_mirror, rows)).table)
                   for d, rows in enumerate(pools)]
     best, validation, edge = summarise_draws({row["C"]: [t[i]["val_accuracy"] for t in tables]
@@ -176,7 +176,7 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     start = time.perf_counter()
     with progress(draws, f"SVM: refit each draw at C={best:g}") as bar:
         refits = [_counted(bar, fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory,
-                                              cfg.standardize, mirror(mirrored, rows), test_mirror))
+                                              cfg.standardize, mirror(fit_views, rows), test_mirror))
                   for rows in pools]
     accuracies = [r["test_accuracy"] for r in refits]
     fits = [f for d, t in enumerate(tables) for f in fit_log("sweep", t, draw=d)] + \
@@ -199,7 +199,7 @@ def svhn_shuffle(n: int, val_size: int, split_seed: int = 42) -> np.ndarray:
 
 def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
                   labels_per_class: int = 100, val_draws: int = 10, test_draws: int = 100, val_size: int = 10_000,
-                  split_seed: int = 42, mirrored=None, val_mirror=None, test_mirror=None) -> dict:
+                  split_seed: int = 42, fit_views=None, val_mirror=None, test_mirror=None) -> dict:
     """The authors' SVHN protocol (Radford et al. 2015, Table 2).
 
     Shuffle the training images with ``split_seed``; the first ``val_size`` are validation, the rest the
@@ -215,7 +215,7 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     val_x_mirror = None if val_mirror is None else val_mirror[val_rows]
     fit = lambda rows, x, y, C, x_mirror: fit_and_score(  # noqa: E731
         train_x[rows], train_y[rows], x, y, C, factory, cfg.standardize,
-        None if mirrored is None else mirrored[rows], x_mirror)
+        None if fit_views is None else fit_views[rows], x_mirror)
     with progress(len(cfg.c_grid) * val_draws, f"SVM: {val_draws} validation draws per C") as bar:
         val_fits = {C: [_counted(bar, fit(rows, val_x, val_y, C, val_x_mirror)) for rows in map(draw, range(val_draws))]
                     for C in sorted(cfg.c_grid)}
@@ -240,7 +240,7 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
 @dataclass(frozen=True)
 class ProtocolInputs:
     """What every protocol is given: the (memory-mapped) features and labels, the SVM settings, the seed, the
-    classifier factory, the mirrored training features that join the fitting rows (``svm.train_hflip``), and the
+    classifier factory, the other views of the training images that join the fitting rows (``FittingViews``), and the
     training and test images' mirrored features that score each image by two views (``svm.score_hflip``)."""
 
     train_x: Any
@@ -250,14 +250,14 @@ class ProtocolInputs:
     svm: SvmConfig
     seed: int
     factory: ClassifierFactory
-    mirrored: Any = None
+    fit_views: Any = None
     val_mirror: Any = None
     test_mirror: Any = None
 
     @property
     def mirrors(self) -> dict[str, Any]:
-        """The mirrored features as the protocol functions take them (keyword arguments)."""
-        return {"mirrored": self.mirrored, "val_mirror": self.val_mirror, "test_mirror": self.test_mirror}
+        """The other views' features as the protocol functions take them (keyword arguments)."""
+        return {"fit_views": self.fit_views, "val_mirror": self.val_mirror, "test_mirror": self.test_mirror}
 
     @property
     def arrays(self) -> tuple:
@@ -278,7 +278,7 @@ class Protocol:
     reads_test: bool = True  # False: it never loads the test split (its results choose recipes, not report them)
     default_labels: int = 0  # labelled images per class when --labels-per-class is not given (0: all)
     label_prefix: str = ""  # labels of older results start with this (empty: the label is the name)
-    uses_mirrors: bool = True  # whether it reads mirrored features (svm.train_hflip, svm.score_hflip) at all
+    uses_mirrors: bool = True  # whether it reads other views (svm.train_hflip, train_translate, score_hflip) at all
 
     @property
     def score(self) -> str:
@@ -335,7 +335,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              lambda i, s: run_knn(*i.arrays[:6], s.knn_k, s.knn_temperature), _knn_label, _knn_summary,
              label_prefix="knn", uses_mirrors=False),
     Protocol("validation", "full's C sweep alone, for choosing recipes: the test split is never read",
-             lambda i, s: run_validation(i.train_x, i.train_y, i.svm, i.seed, i.factory, i.mirrored,
+             lambda i, s: run_validation(i.train_x, i.train_y, i.svm, i.seed, i.factory, i.fit_views,
                                                         i.val_mirror),
              lambda s: "validation", _validation_summary, reads_test=False),
 )}

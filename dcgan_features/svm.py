@@ -30,7 +30,7 @@ from sklearn.svm import LinearSVC
 from .config import SvmConfig
 from .errors import UserError
 from .runtime import progress, settled_hessian_precision
-from .svm_rows import read_rows, standardise, training_rows
+from .svm_rows import FittingViews, read_rows, standardise, training_rows
 
 
 class TorchL2SVM(ClassifierMixin, BaseEstimator):
@@ -261,14 +261,15 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 
 def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int,
-             factory: ClassifierFactory, mirrored: np.ndarray | None = None, label: str | None = None,
+             factory: ClassifierFactory, fit_views: FittingViews | None = None, label: str | None = None,
              scoring_mirror: np.ndarray | None = None) -> Selection:
     """Choose C by accuracy on a validation split of the training set. Takes no test data by design.
 
-    ``mirrored`` (the same images' features flipped left-right) joins the fitting rows; ``scoring_mirror`` (the
-    same array, under ``svm.score_hflip``) scores each validation row by its two views' mean decision."""
+    ``fit_views`` (other views of the same images: the mirror, shifted copies) join the fitting rows;
+    ``scoring_mirror`` (the mirrored features, under ``svm.score_hflip``) scores each validation row by its two
+    views' mean decision."""
     fit_rows, val_rows = validation_split(labels, cfg.val_fraction, seed)
-    x_fit, y_fit = training_rows(features, labels, fit_rows, mirrored)
+    x_fit, y_fit = training_rows(features, labels, fit_rows, fit_views)
     val_views = [read_rows(features, val_rows)]
     if scoring_mirror is not None:
         val_views.append(read_rows(scoring_mirror, val_rows))
@@ -352,11 +353,11 @@ def _refit(previous, factory: ClassifierFactory, C: float):
 
 def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                   C: float, factory: ClassifierFactory, standardize: bool = True,
-                  mirrored_x: np.ndarray | None = None, test_mirror: np.ndarray | None = None) -> dict:
-    """Refit on the whole training set (and its mirrored rows, when given) at ``C`` and score the test set, once
+                  fit_views: FittingViews | None = None, test_mirror: np.ndarray | None = None) -> dict:
+    """Refit on the whole training set (and its other views, when given) at ``C`` and score the test set, once
     (inputs are left alone); with ``test_mirror``, by each test image's mean decision over it and its mirror."""
-    if mirrored_x is not None:
-        train_x, train_y = training_rows(train_x, train_y, np.arange(len(train_y)), mirrored_x)
+    if fit_views is not None:
+        train_x, train_y = training_rows(train_x, train_y, np.arange(len(train_y)), fit_views)
     views = (test_x,) if test_mirror is None else (test_x, test_mirror)
     x_train, *x_test = standardise(train_x, *views, enabled=standardize)
     start = time.perf_counter()

@@ -1,10 +1,11 @@
-"""The SVM's rows: feature matrices (often memory-mapped caches) read, standardised and mirrored without holding
-a second copy of them, chunk by chunk. ``svm`` fits on what these return; ``protocols`` builds its fitting,
-validation and test rows with them."""
+"""The SVM's rows: feature matrices (often memory-mapped caches) read, standardised and stacked with other views
+without holding a second copy of them, chunk by chunk. ``svm`` fits on what these return; ``protocols`` builds
+its fitting, validation and test rows with them."""
 
 from __future__ import annotations
 
 import mmap
+from dataclasses import dataclass
 
 import numpy as np
 from sklearn.preprocessing import StandardScaler
@@ -73,14 +74,27 @@ def standardise(train: np.ndarray, *others: np.ndarray, copy: bool = True, enabl
     return arrays
 
 
+@dataclass(frozen=True)
+class FittingViews:
+    """Other views of the fitting images, each an array row-aligned with their features: the mirror
+    (``svm.train_hflip``), shifted copies (``svm.train_translate``). ``views[rows]`` takes those rows of each."""
+
+    arrays: tuple[np.ndarray, ...]
+
+    def __getitem__(self, rows: np.ndarray) -> FittingViews:
+        return FittingViews(tuple(array[rows] for array in self.arrays))
+
+
 def training_rows(features: np.ndarray, labels: np.ndarray, rows: np.ndarray,
-                  mirrored: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """The rows an SVM is fitted on: ``features[rows]`` as float32, followed, when ``mirrored`` (the features of
-    the same images flipped left-right, ``svm.train_hflip``) is given, by the same rows of it; and their labels.
-    Only fitting rows are ever mirrored: validation and test rows are the images as they are."""
-    if mirrored is None:
+                  views: FittingViews | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The rows an SVM is fitted on: ``features[rows]`` as float32, followed, when ``views`` (other views of the
+    same images: a :class:`FittingViews`, or one array such as the mirrored features) is given, by the same rows
+    of each view in turn; and their labels. Only fitting rows ever get other views: validation and test rows are
+    the images as they are."""
+    arrays = () if views is None else views.arrays if isinstance(views, FittingViews) else (views,)
+    if not arrays:
         return read_rows(features, rows), labels[rows]
-    both = np.empty((2 * len(rows), *features.shape[1:]), np.float32)  # each half read straight into place
-    read_rows(features, rows, out=both[:len(rows)])
-    read_rows(mirrored, rows, out=both[len(rows):])
-    return both, np.concatenate([labels[rows], labels[rows]])
+    stacked = np.empty(((1 + len(arrays)) * len(rows), *features.shape[1:]), np.float32)  # each read into place
+    for i, array in enumerate((features, *arrays)):
+        read_rows(array, rows, out=stacked[i * len(rows):(i + 1) * len(rows)])
+    return stacked, np.tile(labels[rows], 1 + len(arrays))

@@ -353,6 +353,26 @@ def test_evaluate_extracts_flipped_training_images_for_train_hflip(tmp_path, tin
     assert sorted(k["split"] for k in keys) == ["train", "train-hflip"]
 
 
+def test_evaluate_fits_on_shifted_copies_of_the_training_images_for_train_translate(tmp_path, tiny_run):
+    """svm.train_translate=2 with 2 copies beside the mirror: four times the fitting rows, the same validation
+    rows, each copy's features cached under its own split; a shift as large as the image is one line of error."""
+    from dcgan_features.evaluate import evaluate
+    from dcgan_features.protocols import EvalConfig
+
+    common = dict(cache_dir=tmp_path / "cache", results_dir=tmp_path / "res", echo=lambda s: None)
+    plain = evaluate(tiny_run, EvalConfig(protocol="validation"), overrides={"svm.c_grid": [1e-2]}, **common)
+    shifted = evaluate(tiny_run, EvalConfig(protocol="validation"), force=True, **common,
+                       overrides={"svm.c_grid": [1e-2], "svm.train_hflip": True, "svm.train_translate": 2,
+                                  "svm.train_translate_views": 2})
+    assert shifted["n_fit"] == plain["n_fit"] * 4 and shifted["n_val"] == plain["n_val"]
+    keys = [json.loads((p / "key.json").read_text()) for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert sorted(k["split"] for k in keys) == ["train", "train-hflip", "train-shift2-0", "train-shift2-1"]
+    assert len({k["data_sha256"] for k in keys}) == 4
+    assert "svm.train_translate must be below the image size (32), got 32" in fail(
+        "evaluate", "--checkpoint", tiny_run, "--protocol", "validation", "--cache-dir", tmp_path / "cache",
+        "--results-dir", tmp_path / "res2", "--set", "svm.train_translate=32")
+
+
 def test_an_auto_hessian_precision_is_stored_as_the_precision_that_ran(tmp_path, tiny_run, monkeypatch):
     from dcgan_features import runtime
     from dcgan_features.evaluate import evaluate

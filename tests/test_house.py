@@ -66,7 +66,7 @@ def test_rows_are_named_after_the_config_whatever_the_launcher_and_wherever_the_
 def test_a_protocol_added_to_the_registry_alone_is_offered_run_stored_and_reported(tmp_path, tiny_run,  # noqa: F811
                                                                                    monkeypatch):
     toy = Protocol("full-twice", "the full protocol under another name, to test the registry",
-                   lambda i, s: run_full(*i.arrays, mirrored=i.mirrored), lambda s: "full-twice",
+                   lambda i, s: run_full(*i.arrays, fit_views=i.fit_views), lambda s: "full-twice",
                    lambda r: f"toy test accuracy {100 * r['test_accuracy']:.2f}%")
     monkeypatch.setitem(PROTOCOLS, toy.name, toy)
     help_text = CliRunner().invoke(cli, ["evaluate", "--help"]).output
@@ -186,6 +186,8 @@ def test_workers_exit_when_their_launcher_is_killed_and_the_run_is_taken_over(tm
     ("features.grid=-1", "features.grid must be at least 1"),
     ('features.layers=["conv1","conv1"]', "names a block twice"),
     ("svm.max_iter=0", "svm.max_iter must be at least 1"), ("svm.tol=-1", "svm.tol must be a positive number"),
+    ("svm.train_translate=-2", "svm.train_translate must be at least 0"),
+    ("svm.train_translate_views=0", "svm.train_translate_views must be at least 1"),
     ("svm.c_grid=[1e-3,inf]", "every C in svm.c_grid must be positive"),
 ])
 def test_every_config_key_out_of_range_gets_one_line(tmp_path, setting, message):

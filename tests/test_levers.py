@@ -144,7 +144,7 @@ def toy_rows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def run_toy_protocol(protocol: str, factory, x: np.ndarray, y: np.ndarray, **mirrors):
     """``protocol`` on the first 300 rows (training) and the last 100 (test) with one C, and the mirror keywords
-    given (``mirrored``, ``val_mirror``, ``test_mirror``; the validation protocol reads no test mirror)."""
+    given (``fit_views``, ``val_mirror``, ``test_mirror``; the validation protocol reads no test mirror)."""
     from dcgan_features.config import SvmConfig
     from dcgan_features.protocols import run_full, run_per_class, run_svhn_1000, run_validation
 
@@ -160,22 +160,42 @@ def run_toy_protocol(protocol: str, factory, x: np.ndarray, y: np.ndarray, **mir
 
 
 @pytest.mark.parametrize("protocol", ["full", "validation", "per-class", "svhn-1000"])
-def test_mirrored_rows_join_fitting_rows_only(protocol):
+def test_other_views_join_fitting_rows_only(protocol):
+    """One other view (the mirror) doubles every fit's rows, two (mirror and a shifted copy) treble them; the
+    rows predicted (validation, test) stay the images as they are, in every protocol."""
+    from dcgan_features.svm_rows import FittingViews
+
     x, mirrored, y = toy_rows()
-    logs = {"plain": [], "mirrored": []}
-    for mode, extra in {"plain": {}, "mirrored": {"mirrored": mirrored[:300]}}.items():
-        run_toy_protocol(protocol, partial(lambda log, C: SpyClassifier(log), logs[mode]), x, y, **extra)
-    assert [kind for kind, _ in logs["plain"]] == [kind for kind, _ in logs["mirrored"]]
-    for (kind, plain), (_, mirrored_rows) in zip(logs["plain"], logs["mirrored"]):
-        assert mirrored_rows == (2 * plain if kind == "fit" else plain)
+    views = {"plain": None, "one": FittingViews((mirrored[:300],)), "two": FittingViews((mirrored[:300], x[:300]))}
+    logs = {mode: [] for mode in views}
+    for mode, fit_views in views.items():
+        run_toy_protocol(protocol, partial(lambda log, C: SpyClassifier(log), logs[mode]), x, y, fit_views=fit_views)
+    assert [kind for kind, _ in logs["plain"]] == [kind for kind, _ in logs["one"]] == [k for k, _ in logs["two"]]
+    for (kind, plain), (_, one), (_, two) in zip(logs["plain"], logs["one"], logs["two"]):
+        assert (one, two) == ((2 * plain, 3 * plain) if kind == "fit" else (plain, plain))
 
 
-def test_training_rows_append_the_mirrored_rows_of_the_same_images():
-    from dcgan_features.svm_rows import training_rows
+def test_training_rows_append_the_same_rows_of_each_other_view_in_turn():
+    from dcgan_features.svm_rows import FittingViews, training_rows
 
     x, m, y = np.arange(12.0).reshape(6, 2), -np.arange(12.0).reshape(6, 2), np.arange(6)
     rows = np.array([1, 4])
     X, Y = training_rows(x, y, rows, m)
     assert X.dtype == np.float32 and np.array_equal(X, np.concatenate([x[rows], m[rows]]))
     assert np.array_equal(Y, [1, 4, 1, 4])
+    X, Y = training_rows(x, y, rows, FittingViews((m, 10 * x))[np.array([0, 1, 2, 3, 4])])
+    assert np.array_equal(X, np.concatenate([x[rows], m[rows], 10 * x[rows]])) and np.array_equal(Y, [1, 4] * 3)
 
+
+def test_shifted_copies_move_each_image_within_the_bound_and_are_fixed_by_their_seed():
+    from dcgan_features.augment import shifted_copy
+
+    images = torch.rand(40, 3, 8, 8) + 1  # no zeros, so the zero fill shows where the border came in
+    a, b, c = (shifted_copy(images, 2, seed) for seed in (0, 0, 1))
+    assert a.shape == images.shape and torch.equal(a, b) and not torch.equal(a, c)
+    assert torch.equal(shifted_copy(images, 0, seed=0), images)
+    for original, moved in zip(images, a):  # each copy is its image moved by some (dy, dx) within [-2, 2]
+        padded = torch.nn.functional.pad(original, [2, 2, 2, 2])
+        assert any(torch.equal(moved, padded[:, 2 + dy:10 + dy, 2 + dx:10 + dx])
+                   for dy in range(-2, 3) for dx in range(-2, 3))
+    assert (a == 0).any()  # some image did move
