@@ -3,6 +3,7 @@ disk) and report.write_report. Mistakes in the input (UserError) print one line 
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from pathlib import Path
@@ -31,6 +32,9 @@ SELECT_HELP = ("Which D of a run directory: the final one, the one its online pr
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dcgan-features"
+
+
+MACHINE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # a disk full, over quota, or mounted read-only
 
 
 class Cli(click.Group):
@@ -62,6 +66,15 @@ class Cli(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted; run the same command again to resume from the last checkpoint", err=True)
             ctx.exit(130)
+        except OSError as exc:
+            if exc.errno not in MACHINE_ERRNOS:
+                raise
+            # A full or read-only disk is the machine's state, not a bug: every write is staged and renamed, so
+            # what was there before is intact; say where, once.
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"error: {os.strerror(exc.errno).lower()}{where}; nothing earlier was overwritten: free "
+                       "space or choose another --out, --cache-dir or --results-dir, and run it again", err=True)
+            ctx.exit(2)
 
 
 def _overrides(pairs: tuple[str, ...], **flags) -> dict:

@@ -353,6 +353,20 @@ def test_evaluate_extracts_flipped_training_images_for_train_hflip(tmp_path, tin
     assert sorted(k["split"] for k in keys) == ["train", "train-hflip"]
 
 
+def test_a_full_disk_is_one_line_and_leaves_no_result_or_cache_entry(tmp_path, tiny_run, monkeypatch):
+    import errno
+    import os
+
+    def full(entry, *args):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(entry))
+
+    monkeypatch.setattr("dcgan_features.features._write_entry", full)
+    message = fail("evaluate", "--checkpoint", tiny_run, "--protocol", "validation", "--cache-dir", tmp_path / "c",
+                   "--results-dir", tmp_path / "res")
+    assert message.startswith("error: no space left on device (") and "nothing earlier was overwritten" in message
+    assert not list((tmp_path / "c").rglob("key.json")) and not (tmp_path / "res").exists()
+
+
 def test_evaluate_fits_on_shifted_copies_of_the_training_images_for_train_translate(tmp_path, tiny_run):
     """svm.train_translate=2 with 2 copies beside the mirror: four times the fitting rows, the same validation
     rows, each copy's features cached under its own split; a shift as large as the image is one line of error."""
