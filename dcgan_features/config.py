@@ -166,6 +166,8 @@ class TrainConfig:
     # An exponential moving average of D's weights and batch-norm statistics, updated after every D step and written
     # as discriminator_ema.pt (evaluate --select ema); 0: off. It never feeds back into training: D trains the same.
     ema_decay: float = 0.0
+    # StyleGAN2-ADA's --mirror: a random half of each epoch's real images flipped for D (drawn from seed and epoch)
+    mirror_real: bool = False
     # Speed only (a resumed run may change them): NHWC tensors, which CPU and GPU convolutions prefer;
     # bf16 autocast (GPUs, or CPUs with bfloat16 instructions) and torch.compile, off by default (GAN D's are known
     # to produce NaNs under mixed precision; compiling costs a minute up front and needs a C++ compiler on CPU).

@@ -156,6 +156,9 @@ def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: to
     trains on its share of every global batch; losses are logged as their mean over the ranks."""
     tc, world = config.train, current_world()
     order = torch.randperm(len(data), generator=seeded_generator(tc.seed, 0, state.epoch))
+    # train.mirror_real: which images D sees flipped this epoch, a function of (seed, epoch) like the order.
+    flipped = torch.rand(len(data), generator=seeded_generator(tc.seed, 5, state.epoch)) < 0.5 \
+        if tc.mirror_real else None
     for group in [*state.opt_g.param_groups, *state.opt_d.param_groups]:
         group["lr"] = tc.lr_at(state.epoch)
     meter = ThroughputMeter()
@@ -167,6 +170,8 @@ def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: to
         while state.step < steps_per_epoch:
             index = shard(order[state.step * tc.batch_size:(state.step + 1) * tc.batch_size], world)
             real = to_model_range(data.images[index].to(device, non_blocking=True))
+            if flipped is not None:
+                real = torch.where(flipped[index].view(-1, 1, 1, 1).to(device), real.flip(-1), real)
             if tc.channels_last:
                 real = real.contiguous(memory_format=torch.channels_last)
             stats = train_step(state, real, config, device)

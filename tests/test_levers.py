@@ -107,8 +107,37 @@ def test_each_lever_changes_the_update(tiny_config, lever):
     assert any(not torch.equal(after["default"][k], after[lever][k]) for k in after["default"])
 
 
+def test_mirror_real_shows_d_a_fixed_random_half_of_each_epochs_real_images_flipped(tiny_config, tmp_path,
+                                                                                        monkeypatch):
+    """Every real batch is the images as they are or mirrored, image by image: about half mirrored, another half
+    each epoch, the same draw for the same seed; off, D sees the images as they are."""
+    real_step, seen = train_module.train_step, []
+
+    def recording_step(state, real, *args):
+        seen.append(real)
+        return real_step(state, real, *args)
+
+    monkeypatch.setattr(train_module, "train_step", recording_step)
+    images = to_model_range(load_images("fake", "", "train", image_size=32, channels=3).images)
+    as_is, mirrored = ({image.numpy().tobytes() for image in array} for array in (images, images.flip(-1)))
+    flips = {}
+    for name, mirror in (("off", False), ("on", True), ("again", True)):
+        seen.clear()
+        pretrain(apply_overrides(tiny_config, {"train.epochs": 2, "train.mirror_real": mirror}), tmp_path / name,
+                 echo=lambda s: None)
+        flags = []
+        for image in (image.numpy().tobytes() for real in seen for image in real):
+            assert image in as_is or image in mirrored
+            flags.append(image not in as_is)
+        flips[name] = flags
+    steps = len(seen) // 2 * tiny_config.train.batch_size
+    assert not any(flips["off"]) and flips["on"] == flips["again"]
+    first, second = flips["on"][:steps], flips["on"][steps:]
+    assert 0.3 < np.mean(first) < 0.7 and 0.3 < np.mean(second) < 0.7
+
+
 def test_a_run_with_every_lever_resumes_bitwise_and_evaluates(tiny_config, tmp_path, interrupted_pretrain):
-    config = apply_overrides(tiny_config, {**ALL_LEVERS, "train.checkpoint_every": 3})
+    config = apply_overrides(tiny_config, {**ALL_LEVERS, "train.mirror_real": True, "train.checkpoint_every": 3})
     pretrain(config, tmp_path / "straight", echo=lambda s: None)
     interrupted_pretrain(config, tmp_path / "resumed", at=11)  # the last checkpoint was at step 9
     pretrain(config, tmp_path / "resumed", echo=lambda s: None)
