@@ -23,7 +23,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-from .errors import UserError, check_at_least, check_choice, check_positive
+from .errors import UserError, check_at_least, check_choice, check_off_or_positive, check_positive
 
 # One registry per choice: the config classes below, the CLI's options and the stages that act on a choice
 # all read these, so a new dataset, loss or solver is added in one place (data.READERS and losses.LOSSES key
@@ -138,6 +138,7 @@ class TrainConfig:
     lr_decay_epochs: int = 0  # the last N epochs decay the learning rate linearly towards 0
     batch_size: int = 128
     lr: float = 2e-4
+    lr_d: float = 0.0  # D's own rate, for two time-scales (TTUR; AFV: D 4e-4, G 2e-4); 0: train.lr
     beta1: float = 0.5
     beta2: float = 0.999
     seed: int = 0
@@ -153,9 +154,8 @@ class TrainConfig:
     probe_every: int = 0
     probe_images: int = 10_000
     probe_c: float = 1e-4
-    # The probe's own solver settings (the rest are [svm]'s): it only ranks D's against each other, and a looser
-    # tol with a rank-64 Nystrom preconditioner cut its fit from 7.5 s to 2.0 s at 5,000 x 7,168 on 2 CPU cores
-    # with the same held-out accuracy (results/benchmarks/probe_overhead.md).
+    # The probe's own solver settings (the rest are [svm]'s): it only ranks D's, and these cut its fit from 7.5 to
+    # 2.0 s at the same held-out accuracy (results/benchmarks/probe_overhead.md).
     probe_tol: float = 1e-3
     probe_preconditioner_rank: int = 64
     # The objective (losses.py): "bce" (the paper's) or "hinge"; DiffAugment policy on every image D sees (augment.py,
@@ -166,8 +166,7 @@ class TrainConfig:
     # An exponential moving average of D's weights and batch-norm statistics, updated after every D step and written
     # as discriminator_ema.pt (evaluate --select ema); 0: off. It never feeds back into training: D trains the same.
     ema_decay: float = 0.0
-    # StyleGAN2-ADA's --mirror: a random half of each epoch's real images flipped for D (drawn from seed and epoch)
-    mirror_real: bool = False
+    mirror_real: bool = False  # StyleGAN2-ADA's --mirror: a random half of each epoch's real images flipped for D
     # Speed only (a resumed run may change them): NHWC tensors, which CPU and GPU convolutions prefer;
     # bf16 autocast (GPUs, or CPUs with bfloat16 instructions) and torch.compile, off by default (GAN D's are known
     # to produce NaNs under mixed precision; compiling costs a minute up front and needs a C++ compiler on CPU).
@@ -186,8 +185,7 @@ class TrainConfig:
         check_positive(self, "train", ("lr", "probe_tol"))
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UserError(f"train.beta1 and train.beta2 must lie in [0, 1), got {self.beta1} and {self.beta2}")
-        if not self.collapse_loss >= 0:
-            raise UserError(f"train.collapse_loss must be 0 or positive, got {self.collapse_loss}")
+        check_off_or_positive(self, "train", ("collapse_loss", "rotation_weight", "lr_d"))
         if not isinstance(self.bf16, bool) and self.bf16 != "auto":
             raise UserError(f'train.bf16 must be true, false or "auto", got {self.bf16!r}')
         if self.probe_every < 0 or self.probe_images < 20 or not self.probe_c > 0:
@@ -198,19 +196,21 @@ class TrainConfig:
         if unknown:
             raise UserError(f"train.diffaugment: unknown augmentation {unknown[0]!r}; "
                             f"choose from {', '.join(AUGMENTATIONS)}")
-        if not self.rotation_weight >= 0:
-            raise UserError("train.rotation_weight must be 0 (off) or positive")
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"train.ema_decay must lie in [0, 1) (0: off), got {self.ema_decay}")
         if not 0 <= self.lr_decay_epochs <= self.epochs:
             raise UserError("train.lr_decay_epochs must lie between 0 and train.epochs")
 
     def lr_at(self, epoch: int) -> float:
-        """The learning rate of (0-based) ``epoch``: constant, then a linear decay over the last
-        ``lr_decay_epochs`` of the final ``epochs`` (so it depends on the final epoch count; a run extended
-        after its decay began is refused by ``train.check_schedule_so_far``)."""
+        """G's learning rate in (0-based) ``epoch``: constant, then a linear decay over the last ``lr_decay_epochs``
+        of the final ``epochs`` (a resume that changes a begun epoch's rate: ``run_folder.check_schedule_so_far``)."""
         decay_start = self.epochs - self.lr_decay_epochs
         return self.lr if epoch < decay_start else self.lr * (self.epochs - epoch) / (self.lr_decay_epochs + 1)
+
+    @property
+    def d_lr_ratio(self) -> float:
+        """D's learning rate over G's (``train.lr_d``; 1 without it): the decay scales both alike."""
+        return self.lr_d / self.lr if self.lr_d else 1.0
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,13 @@ def check_at_least(section: Any, name: str, keys: tuple[str, ...], minimum: int)
             raise UserError(f"{name}.{key} must be at least {minimum}, got {getattr(section, key)}")
 
 
+def check_off_or_positive(section: Any, name: str, keys: tuple[str, ...]) -> None:
+    """Refuse any of ``keys`` (numbers where 0 means off, or a default) that is negative or NaN."""
+    for key in keys:
+        if not getattr(section, key) >= 0:
+            raise UserError(f"{name}.{key} must be 0 (off) or positive, got {getattr(section, key)}")
+
+
 def check_choice(section: Any, name: str, key: str, choices: tuple[str, ...]) -> None:
     """Refuse a value of ``key`` that is not one of ``choices`` (a registry above)."""
     if getattr(section, key) not in choices:

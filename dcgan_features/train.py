@@ -159,8 +159,10 @@ def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: to
     # train.mirror_real: which images D sees flipped this epoch, a function of (seed, epoch) like the order.
     flipped = torch.rand(len(data), generator=seeded_generator(tc.seed, 5, state.epoch)) < 0.5 \
         if tc.mirror_real else None
-    for group in [*state.opt_g.param_groups, *state.opt_d.param_groups]:
+    for group in state.opt_g.param_groups:
         group["lr"] = tc.lr_at(state.epoch)
+    for group in state.opt_d.param_groups:
+        group["lr"] = tc.lr_at(state.epoch) * tc.d_lr_ratio
     meter = ThroughputMeter()
     if state.best_probe >= 0:
         meter.probe_note = f" | best probe {state.best_probe:.1%}"

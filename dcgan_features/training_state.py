@@ -90,7 +90,7 @@ def new_state(config: Config, device: torch.device) -> TrainingState:
     return TrainingState(
         generator=g, discriminator=d,
         opt_g=torch.optim.Adam(g.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=fused),
-        opt_d=torch.optim.Adam(d_params, lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=fused),
+        opt_d=torch.optim.Adam(d_params, lr=tc.lr * tc.d_lr_ratio, betas=(tc.beta1, tc.beta2), fused=fused),
         rotation_head=head, discriminator_ema=ema,
         noise_rng=seeded_generator(tc.seed, 1),
         fixed_noise=sample_noise(tc.num_samples, config.model, seeded_generator(tc.seed, 2)),

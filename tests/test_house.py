@@ -187,6 +187,7 @@ def test_workers_exit_when_their_launcher_is_killed_and_the_run_is_taken_over(tm
     ('features.layers=["conv1","conv1"]', "names a block twice"),
     ("svm.max_iter=0", "svm.max_iter must be at least 1"), ("svm.tol=-1", "svm.tol must be a positive number"),
     ("svm.train_translate=-2", "svm.train_translate must be at least 0"),
+    ("train.lr_d=-1e-4", "train.lr_d must be 0 (off) or positive"),
     ("svm.train_translate_views=0", "svm.train_translate_views must be at least 1"),
     ("svm.c_grid=[1e-3,inf]", "every C in svm.c_grid must be positive"),
 ])

@@ -20,7 +20,7 @@ from dcgan_features.models import Discriminator
 from dcgan_features.train import pretrain
 
 ALL_LEVERS = {"train.diffaugment": ["translation", "cutout", "color"], "train.rotation_weight": 1.0,
-              "train.loss": "hinge", "model.d_spectral_norm": True}
+              "train.loss": "hinge", "model.d_spectral_norm": True, "train.lr_d": 4e-4}
 
 
 def rng(seed=0):
