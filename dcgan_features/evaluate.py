@@ -281,16 +281,22 @@ def other_views(data: dict[str, ImageSet], svm: SvmConfig) -> dict[str, ImageSet
         images = data[split]
         views[f"{split}_mirrored"] = replace(images, images=images.images.flip(-1).contiguous(),
                                              split=f"{images.split}-hflip")
-    for name in fitting_view_names(svm)[svm.train_hflip:]:
-        index, train = int(name.removeprefix("train_shifted")), data["train"]
-        views[name] = replace(train, images=shifted_copy(train.images, svm.train_translate, seed=index),
-                              split=f"{train.split}-shift{svm.train_translate}-{index}")
+    train = data["train"]
+    for index in range(svm.train_translate_views if svm.train_translate else 0):
+        views[shifted_view_name(index)] = replace(
+            train, images=shifted_copy(train.images, svm.train_translate, seed=index),
+            split=f"{train.split}-shift{svm.train_translate}-{index}")
     return views
+
+
+def shifted_view_name(index: int) -> str:
+    """The features of the training images' ``index``-th shifted copy (``svm.train_translate``)."""
+    return f"train_shifted{index}"
 
 
 def fitting_view_names(svm: SvmConfig) -> list[str]:
     """The features whose rows join the SVM's fitting rows, after the images' own: the mirror, the shifted copies."""
-    shifted = [f"train_shifted{i}" for i in range(svm.train_translate_views)] if svm.train_translate else []
+    shifted = [shifted_view_name(i) for i in range(svm.train_translate_views)] if svm.train_translate else []
     return ["train_mirrored"] * svm.train_hflip + shifted
 
 
