@@ -86,6 +86,10 @@ def _overrides(pairs: tuple[str, ...], **flags) -> dict:
 
 set_option = click.option("--set", "set_pairs", multiple=True, metavar="KEY=VALUE",
                           help="Override any config key, e.g. --set train.lr=1e-4 (repeatable).")
+cache_dir_option = click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                                help="Feature cache [default: $XDG_CACHE_HOME/dcgan-features].")
+
+
 dataset_option = click.option("--dataset", type=str, default=None,
                               help=f"Dataset name: {', '.join(DATASETS)}.")
 
@@ -210,8 +214,7 @@ class EvaluateCommand(SeedsCommand):
 @click.option("--select", type=click.Choice(SELECTIONS), default=EvalConfig.select, show_default=True,
               help=SELECT_HELP + " The result records which.")
 @click.option("--results-dir", type=click.Path(file_okay=False), default="results", show_default=True)
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Feature cache [default: $XDG_CACHE_HOME/dcgan-features].")
+@cache_dir_option
 @click.option("--force", is_flag=True, help="Recompute and replace an existing result.")
 @set_option
 def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_class, draws, test_draws, val_size,
@@ -318,6 +321,46 @@ def import_dcgan_code(directory, out, force):
         raise UserError(f"{directory} is not a directory of the release's .npy files")
     path = run_import(directory, out, force=force)
     click.echo(f"imported {directory} -> {path}; sample grid: {Path(out) / 'samples' / 'imported.png'}")
+
+
+@cli.group()
+def cache() -> None:
+    """Look after the feature cache that evaluate fills (entries at the paper's scale are gigabytes each)."""
+
+
+@cache.command("list")
+@cache_dir_option
+def cache_list(cache_dir):
+    """One line per cached feature matrix, least recently used first, and the total."""
+    from .cache_admin import cache_entries, format_size
+
+    entries = cache_entries(cache_dir or default_cache_dir())
+    for entry in entries:
+        click.echo(entry.describe())
+    click.echo(f"{len(entries)} entries, {format_size(sum(e.size_bytes for e in entries))}")
+
+
+@cache.command("prune")
+@cache_dir_option
+@click.option("--unused-days", type=float, default=None, help="Remove entries no evaluation has read for N days.")
+@click.option("--checkpoint", type=click.Path(exists=True), default=None,
+              help="Remove the entries of this D (a checkpoint file, or every discriminator*.pt of a run folder).")
+@click.option("--all", "everything", is_flag=True, help="Remove every entry.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+def cache_prune(cache_dir, unused_days, checkpoint, everything, dry_run):
+    """Remove cached features (they are extracted again when next needed); anything else in the folder stays."""
+    from .cache_admin import cache_entries, checkpoint_digests, format_size, prunable, remove_entries
+
+    entries = cache_entries(cache_dir or default_cache_dir())
+    digests = checkpoint_digests(checkpoint) if checkpoint else None
+    chosen = prunable(entries, unused_days, digests, everything)
+    for entry in chosen:
+        click.echo(("would remove " if dry_run else "removing ") + entry.describe())
+    size = format_size(sum(e.size_bytes for e in chosen))
+    if dry_run:
+        click.echo(f"{len(chosen)} of {len(entries)} entries would be removed, {size}")
+    else:
+        click.echo(f"removed {len(chosen)} of {len(entries)} entries, {format_size(remove_entries(chosen))} freed")
 
 
 def _attach_analyses() -> None:

@@ -204,6 +204,10 @@ def _read_entry(entry: Path, key: dict[str, Any]) -> FeatureSet | None:
         return None  # absent or damaged: recompute
     if stored != key or features.shape[0] != key["num_images"] or labels.shape[0] != features.shape[0]:
         return None
+    try:
+        os.utime(entry / "key.json")  # marks it used, for `cache prune --unused-days` (cache_admin.py)
+    except OSError:
+        pass  # a read-only cache is still a cache
     return FeatureSet(features, labels, indices, True)
 
 
