@@ -37,6 +37,7 @@ POOLS = ("max", "avg")
 GAN_LOSSES = ("bce", "hinge")
 AUGMENTATIONS = ("color", "translation", "cutout")  # DiffAugment's, in augment.py
 HESSIAN_PRECISIONS = ("float32", "bfloat16", "auto")  # auto: runtime.settled_hessian_precision
+ROW_PRECISIONS = ("float32", "bfloat16")  # svm.row_precision: how the SVM's fitting rows are held
 SELECTIONS = ("final", "best-probe", "ema")  # which D of a run: its last, its best probe, its weights' moving average
 EXPORT_DTYPES = ("float32", "float16")  # extract: how features.npy stores the features
 FEATURE_KINDS = ("pooled", "fisher", "pooled+fisher")  # features.kind: the pooled grid, D's Fisher vector, or both
@@ -272,6 +273,9 @@ class SvmConfig:
     # gradient and line search stay float32, so the path changes, not the optimum: tests/test_svm.py). "auto":
     # bfloat16 where it runs in hardware; evaluate settles it before anything is stored, so records hold what ran.
     hessian_precision: str = "float32"
+    # torch solver: how the standardised fitting rows are held; bfloat16 halves the SVM's largest array (the rows
+    # rounded to 8 significant bits, widened a block at a time for the float32 objective and gradient)
+    row_precision: str = "float32"
     # torch solver: rank of the randomised Nystrom sketch of X^T X preconditioning CG (0: plain CG); same optimum
     preconditioner_rank: int = 0
     # torch solver, full protocol: start the refit from the sweep's solution at the chosen C (fitted on 90% of the
@@ -281,6 +285,9 @@ class SvmConfig:
     def __post_init__(self) -> None:
         check_choice(self, "svm", "solver", SOLVERS)
         check_choice(self, "svm", "hessian_precision", HESSIAN_PRECISIONS)
+        check_choice(self, "svm", "row_precision", ROW_PRECISIONS)
+        if self.row_precision != "float32" and self.solver != "torch":
+            raise UserError(f"svm.row_precision = {self.row_precision} needs svm.solver = torch (liblinear: float64)")
         if self.preconditioner_rank < 0:
             raise UserError("svm.preconditioner_rank must be 0 (plain CG) or a positive rank")
         if not self.c_grid:

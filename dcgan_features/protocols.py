@@ -42,7 +42,7 @@ from .svm import (
     select_c,
     starting_from,
 )
-from .svm_rows import fitted_scaler, read_rows, scale_in_place, training_rows
+from .svm_rows import fitting_matrix, read_rows, scaled
 
 
 @dataclass(frozen=True)
@@ -90,10 +90,8 @@ def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factor
     start = time.perf_counter()
     selection = select_c(train_x, train_y, cfg, seed, factory, fit_views, label=SWEEP_LABEL, scoring_mirror=val_mirror)
     select_s = time.perf_counter() - start
-    X, y = training_rows(train_x, train_y, np.arange(len(train_y)), fit_views)
-    scaler = fitted_scaler(X) if cfg.standardize else None
-    if scaler is not None:
-        scale_in_place(X, scaler)
+    X, y, scaler = fitting_matrix(train_x, train_y, np.arange(len(train_y)), fit_views, cfg.standardize,
+                                  cfg.row_precision)
     start = time.perf_counter()
     with progress(1, f"SVM: refit on {len(y):,} rows at C={selection.best_c:g}") as bar:
         start_at = selection.solution if cfg.warm_refit else None
@@ -101,9 +99,8 @@ def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factor
         bar.update(1)
     refit_s = time.perf_counter() - start
     del X
-    views = [read_rows(array, np.arange(len(test_y))) for array in (test_x, test_mirror) if array is not None]
-    for view in views if scaler is not None else ():
-        scale_in_place(view, scaler)
+    views = [scaled(read_rows(array, np.arange(len(test_y))), scaler) for array in (test_x, test_mirror)
+             if array is not None]
     fits = fit_log("sweep", selection.table) + fit_log("refit", [{"C": selection.best_c, **convergence(model)}])
     return Outcome(float(np.mean(predict_views(model, *views) == test_y)), selection.best_c, selection.table,
                    selection.at_grid_edge, fits, int(len(train_y)), selection.n_fit, selection.n_val,
@@ -176,7 +173,8 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     start = time.perf_counter()
     with progress(draws, f"SVM: refit each draw at C={best:g}") as bar:
         refits = [_counted(bar, fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory,
-                                              cfg.standardize, mirror(fit_views, rows), test_mirror))
+                                              cfg.standardize, mirror(fit_views, rows), test_mirror,
+                                              cfg.row_precision))
                   for rows in pools]
     accuracies = [r["test_accuracy"] for r in refits]
     fits = [f for d, t in enumerate(tables) for f in fit_log("sweep", t, draw=d)] + \
@@ -215,7 +213,7 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     val_x_mirror = None if val_mirror is None else val_mirror[val_rows]
     fit = lambda rows, x, y, C, x_mirror: fit_and_score(  # noqa: E731
         train_x[rows], train_y[rows], x, y, C, factory, cfg.standardize,
-        None if fit_views is None else fit_views[rows], x_mirror)
+        None if fit_views is None else fit_views[rows], x_mirror, cfg.row_precision)
     with progress(len(cfg.c_grid) * val_draws, f"SVM: {val_draws} validation draws per C") as bar:
         val_fits = {C: [_counted(bar, fit(rows, val_x, val_y, C, val_x_mirror)) for rows in map(draw, range(val_draws))]
                     for C in sorted(cfg.c_grid)}

@@ -30,7 +30,7 @@ from sklearn.svm import LinearSVC
 from .config import SvmConfig
 from .errors import UserError
 from .runtime import progress, settled_hessian_precision
-from .svm_rows import FittingViews, read_rows, standardise, training_rows
+from .svm_rows import CHUNK_VALUES, FittingViews, fitting_matrix, read_rows, scaled
 
 
 class TorchL2SVM(ClassifierMixin, BaseEstimator):
@@ -53,7 +53,10 @@ class TorchL2SVM(ClassifierMixin, BaseEstimator):
         self.preconditioner_rank = preconditioner_rank
 
     def fit(self, X, y):
-        X_t = torch.as_tensor(np.asarray(X, dtype=np.float32), device=self.device)
+        """Fit on ``X``: an array (used as float32), or a torch tensor of rows stored in a narrower precision
+        (:func:`svm_rows.fitting_matrix`), which the float32 sums widen a block at a time, never whole."""
+        stored = isinstance(X, torch.Tensor) and X.dtype != torch.float32
+        X_t = X.to(self.device) if stored else torch.as_tensor(np.asarray(X, dtype=np.float32), device=self.device)
         self.classes_, y_idx = np.unique(np.asarray(y), return_inverse=True)
         if len(self.classes_) < 2:
             raise UserError("the SVM needs at least two classes in its training data")
@@ -63,12 +66,15 @@ class TorchL2SVM(ClassifierMixin, BaseEstimator):
         if self.warm_start and getattr(self, "coef_", None) is not None and self.coef_.shape == W[:-1].T.shape:
             W[:-1], W[-1] = torch.as_tensor(self.coef_.T), torch.as_tensor(self.intercept_)
         # The Hessian products inside CG only steer the step (the objective, gradient and line search stay
-        # float32), so they may run on a bfloat16 copy: half the bytes, and much faster CPU kernels.
-        X_h = X_t.to(getattr(torch, self.hessian_precision))
+        # float32), so they may run on a bfloat16 copy: half the bytes, and much faster CPU kernels. Rows already
+        # stored narrower serve as they are (widened a block at a time where the products are float32).
+        precision = getattr(torch, self.hessian_precision)
+        X_h = X_t if stored else X_t.to(precision)
         # Features of a conv net are strongly correlated: X^T X has a few huge eigenvalues, which is what
         # makes plain CG slow. A rank-r sketch of them preconditions CG (two passes over X, once per fit).
         sketch = nystrom_sketch(X_h, self.preconditioner_rank) if self.preconditioner_rank > 0 else None
-        W, self.n_iter_, self.cg_iter_, stalled = _newton_cg(X_t, X_h, Y, W, self.C, self.tol, self.max_iter, sketch)
+        W, self.n_iter_, self.cg_iter_, stalled = _newton_cg(X_t, X_h, Y, W, self.C, self.tol, self.max_iter, sketch,
+                                                             precision)
         self.converged_ = not stalled and self.n_iter_ < self.max_iter
         if stalled:
             warnings.warn(f"TorchL2SVM at C={self.C:g}: the line search found no step that decreases the objective "
@@ -97,19 +103,39 @@ def l2svm_objective(X: np.ndarray, y: np.ndarray, coef: np.ndarray, intercept: n
                  + C * np.sum(margins**2))
 
 
+def _widened(X: torch.Tensor, dtype: torch.dtype):
+    """(first row, block) over X's rows in ``dtype``: rows stored in a narrower precision are widened a block at a
+    time (64 MB as float32), never as a whole."""
+    step = max(1, CHUNK_VALUES // max(1, X.shape[1]))
+    for start in range(0, X.shape[0], step):
+        yield start, X[start:start + step].to(dtype)
+
+
 def _scores(X: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-    return torch.addmm(W[-1:], X, W[:-1])
+    """X W plus the intercept row, in W's precision."""
+    if X.dtype == W.dtype:
+        return torch.addmm(W[-1:], X, W[:-1])
+    out = torch.empty(X.shape[0], W.shape[1], dtype=W.dtype, device=W.device)
+    for start, block in _widened(X, W.dtype):
+        out[start:start + len(block)] = torch.addmm(W[-1:], block, W[:-1])
+    return out
 
 
 def _xt(X: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
-    """X^T R, computed as (R^T X)^T: several times faster on CPU BLAS for a tall X and few columns."""
-    return (R.T @ X).T
+    """X^T R in R's precision, computed as (R^T X)^T: several times faster on CPU BLAS for a tall X and few
+    columns."""
+    if X.dtype == R.dtype:
+        return (R.T @ X).T
+    out = torch.zeros(X.shape[1], R.shape[1], dtype=R.dtype, device=R.device)
+    for start, block in _widened(X, R.dtype):
+        out += (R[start:start + len(block)].T @ block).T
+    return out
 
 
 def _objective(X, Y, W, Z, C):
     """Per-class objective (K,), gradient and the active (margin-violating) mask, given the scores Z = X W."""
     slack = 1.0 - Y * Z
-    active = (slack > 0).to(X.dtype)
+    active = (slack > 0).to(slack.dtype)
     residual = -Y * slack * active  # d/dz of 0.5 * slack^2 where active
     grad = W.clone()
     grad[:-1] += 2 * C * _xt(X, residual)
@@ -118,16 +144,17 @@ def _objective(X, Y, W, Z, C):
     return per_class, grad, active
 
 
-def _hessian_product(X_h, active, V, C):
-    """H V for every class, with the products in X_h's precision and the sums in float32."""
-    XV = _scores(X_h, V.to(X_h.dtype)).float() * active
+def _hessian_product(X_h, active, V, C, precision):
+    """H V for every class, with the products in ``precision`` and the sums in float32."""
+    XV = _scores(X_h, V.to(precision)).float() * active
     HV = V.clone()
-    HV[:-1] += 2 * C * _xt(X_h, XV.to(X_h.dtype)).float()
+    HV[:-1] += 2 * C * _xt(X_h, XV.to(precision)).float()
     HV[-1] += 2 * C * XV.sum(0)
     return HV
 
 
-def _conjugate_gradient(X_h, active, grad, C, max_iter: int, precondition=None, rel_tol: float = 0.1):
+def _conjugate_gradient(X_h, active, grad, C, max_iter: int, precondition=None, rel_tol: float = 0.1,
+                        precision=torch.float32):
     """Solve H S = -grad column by column (all columns in the same products) by preconditioned CG, to a
     relative residual of ``rel_tol`` (liblinear's choice); returns the step and the number of iterations.
     ``precondition`` applies an approximate inverse of H to the residual (the identity when None)."""
@@ -141,7 +168,7 @@ def _conjugate_gradient(X_h, active, grad, C, max_iter: int, precondition=None, 
         done = (R * R).sum(0) <= stop
         if bool(done.all()):
             return S, iteration
-        HP = _hessian_product(X_h, active, P, C)
+        HP = _hessian_product(X_h, active, P, C, precision)
         alpha = rz / (P * HP).sum(0).clamp_min(1e-30)
         alpha = torch.where(done, torch.zeros_like(alpha), alpha)  # converged columns stay put
         S += alpha * P
@@ -183,7 +210,7 @@ def _nystrom_preconditioner(U, eigenvalues, active, C):
     return precondition
 
 
-def _newton_cg(X, X_h, Y, W, C: float, tol: float, max_iter: int, sketch=None):
+def _newton_cg(X, X_h, Y, W, C: float, tol: float, max_iter: int, sketch=None, precision=torch.float32):
     """Minimise every class's objective; stop when ||grad|| <= tol * ||grad at w = 0|| for each class.
     With ``sketch`` (from :func:`nystrom_sketch`) CG is preconditioned. Returns the weights, the Newton and
     CG steps taken, and whether the line search stalled (no step passed its test: stopped there).
@@ -196,7 +223,8 @@ def _newton_cg(X, X_h, Y, W, C: float, tol: float, max_iter: int, sketch=None):
         if bool((grad.norm(dim=0) <= tol * grad0_norm).all()):
             return W, iteration - 1, cg_total, False
         precondition = None if sketch is None else _nystrom_preconditioner(*sketch, active, C)
-        S, cg_steps = _conjugate_gradient(X_h, active, grad, C, max_iter=500, precondition=precondition)
+        S, cg_steps = _conjugate_gradient(X_h, active, grad, C, max_iter=500, precondition=precondition,
+                                          precision=precision)
         cg_total += cg_steps
         U = _scores(X, S)
         step, ok = _line_search(Y, W, Z, U, S, grad, f, C)
@@ -269,11 +297,9 @@ def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int
     ``scoring_mirror`` (the mirrored features, under ``svm.score_hflip``) scores each validation row by its two
     views' mean decision."""
     fit_rows, val_rows = validation_split(labels, cfg.val_fraction, seed)
-    x_fit, y_fit = training_rows(features, labels, fit_rows, fit_views)
-    val_views = [read_rows(features, val_rows)]
-    if scoring_mirror is not None:
-        val_views.append(read_rows(scoring_mirror, val_rows))
-    x_fit, *val_views = standardise(x_fit, *val_views, copy=False, enabled=cfg.standardize)
+    x_fit, y_fit, scaler = fitting_matrix(features, labels, fit_rows, fit_views, cfg.standardize, cfg.row_precision)
+    val_views = [scaled(read_rows(array, val_rows), scaler) for array in (features, scoring_mirror)
+                 if array is not None]
     return sweep_c(x_fit, y_fit, val_views[0], labels[val_rows], cfg, factory, label, *val_views[1:])
 
 
@@ -353,15 +379,17 @@ def _refit(previous, factory: ClassifierFactory, C: float):
 
 def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                   C: float, factory: ClassifierFactory, standardize: bool = True,
-                  fit_views: FittingViews | None = None, test_mirror: np.ndarray | None = None) -> dict:
-    """Refit on the whole training set (and its other views, when given) at ``C`` and score the test set, once
-    (inputs are left alone); with ``test_mirror``, by each test image's mean decision over it and its mirror."""
-    if fit_views is not None:
-        train_x, train_y = training_rows(train_x, train_y, np.arange(len(train_y)), fit_views)
-    views = (test_x,) if test_mirror is None else (test_x, test_mirror)
-    x_train, *x_test = standardise(train_x, *views, enabled=standardize)
+                  fit_views: FittingViews | None = None, test_mirror: np.ndarray | None = None,
+                  row_precision: str = "float32") -> dict:
+    """Refit on the whole training set (and its other views, when given; its rows stored in ``row_precision``) at
+    ``C`` and score the test set, once (inputs are left alone); with ``test_mirror``, by each test image's mean
+    decision over it and its mirror."""
+    x_train, y_train, scaler = fitting_matrix(train_x, train_y, np.arange(len(train_y)), fit_views, standardize,
+                                              row_precision)
+    x_test = [scaled(read_rows(array, np.arange(len(test_y))), scaler) for array in (test_x, test_mirror)
+              if array is not None]
     start = time.perf_counter()
-    model = factory(C).fit(x_train, train_y)
+    model = factory(C).fit(x_train, y_train)
     fit_seconds = time.perf_counter() - start
     accuracy = float(np.mean(predict_views(model, *x_test) == test_y))
     return {"test_accuracy": accuracy, "C": C, "fit_seconds": round(fit_seconds, 3), **convergence(model)}

@@ -8,6 +8,7 @@ import mmap
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from sklearn.preprocessing import StandardScaler
 
 CHUNK_VALUES = 1 << 24  # values per chunk when scaling or reading features: 128 MB as float64
@@ -62,6 +63,11 @@ def scale_in_place(array: np.ndarray, scaler: StandardScaler) -> np.ndarray:
     return array
 
 
+def scaled(array: np.ndarray, scaler: StandardScaler | None) -> np.ndarray:
+    """``array`` scaled in place by ``scaler``; as it is when there is none (features not standardised)."""
+    return array if scaler is None else scale_in_place(array, scaler)
+
+
 def standardise(train: np.ndarray, *others: np.ndarray, copy: bool = True, enabled: bool = True) -> list[np.ndarray]:
     """Scale with statistics of ``train`` only, as float32. With ``copy`` the inputs (possibly
     memory-mapped caches) are left alone and each is copied once; without it, float32 arrays are
@@ -98,3 +104,30 @@ def training_rows(features: np.ndarray, labels: np.ndarray, rows: np.ndarray,
     for i, array in enumerate((features, *arrays)):
         read_rows(array, rows, out=stacked[i * len(rows):(i + 1) * len(rows)])
     return stacked, np.tile(labels[rows], 1 + len(arrays))
+
+
+def fitting_matrix(features: np.ndarray, labels: np.ndarray, rows: np.ndarray,
+                   views: FittingViews | np.ndarray | None = None, standardize: bool = True,
+                   precision: str = "float32") -> tuple[np.ndarray | torch.Tensor, np.ndarray, StandardScaler | None]:
+    """The SVM's fitting rows (:func:`training_rows`), scaled with their own statistics when ``standardize``; their
+    labels; and the scaler (None when not standardising), for the rows they will score.
+
+    ``precision`` is how the rows are stored (``svm.row_precision``): float32, one numpy array scaled in place; or
+    bfloat16, a torch tensor filled a block at a time after a first pass has gathered the statistics (in
+    float64), so no float32 copy of the rows is ever held: half the SVM's largest array, the rows rounded to 8
+    significant bits after scaling. The solver widens them again a block at a time for its float32 sums."""
+    if precision == "float32":
+        X, y = training_rows(features, labels, rows, views)
+        scaler = fitted_scaler(X) if standardize else None
+        return scaled(X, scaler), y, scaler
+    arrays = (features, *(() if views is None else views.arrays if isinstance(views, FittingViews) else (views,)))
+    step = _chunk_rows(features)
+    blocks = [(i, start, array) for i, array in enumerate(arrays) for start in range(0, len(rows), step)]
+    scaler = StandardScaler() if standardize else None
+    for _, start, array in blocks if standardize else ():
+        scaler.partial_fit(read_rows(array, rows[start:start + step]))
+    X = torch.empty((len(arrays) * len(rows), *features.shape[1:]), dtype=getattr(torch, precision))
+    for i, start, array in blocks:
+        block = read_rows(array, rows[start:start + step])
+        X[i * len(rows) + start:i * len(rows) + start + len(block)] = torch.from_numpy(scaled(block, scaler))
+    return X, np.tile(labels[rows], len(arrays)), scaler

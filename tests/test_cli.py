@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -385,6 +386,29 @@ def test_evaluate_fits_on_shifted_copies_of_the_training_images_for_train_transl
     assert "svm.train_translate must be below the image size (32), got 32" in fail(
         "evaluate", "--checkpoint", tiny_run, "--protocol", "validation", "--cache-dir", tmp_path / "cache",
         "--results-dir", tmp_path / "res2", "--set", "svm.train_translate=32")
+
+
+def test_evaluate_holds_the_fitting_rows_in_bfloat16_under_row_precision(tmp_path, tiny_run, monkeypatch):
+    """svm.row_precision=bfloat16 reaches the solver as a bfloat16 tensor in every protocol that fits an SVM, is
+    recorded (its own result file and report row), and moves accuracy by rounding only."""
+    from dcgan_features import svm
+    from dcgan_features.evaluate import evaluate
+    from dcgan_features.protocols import EvalConfig
+
+    fitted = []
+    original = svm.TorchL2SVM.fit
+    monkeypatch.setattr(svm.TorchL2SVM, "fit", lambda self, X, y: fitted.append(X.dtype) or original(self, X, y))
+    common = dict(cache_dir=tmp_path / "cache", results_dir=tmp_path / "res", echo=lambda s: None)
+    plain = evaluate(tiny_run, EvalConfig(protocol="full"), overrides={"svm.c_grid": [1e-2]}, **common)
+    assert set(fitted) == {np.dtype(np.float32)}
+    fitted.clear()
+    narrow = evaluate(tiny_run, EvalConfig(protocol="full"), **common,
+                      overrides={"svm.c_grid": [1e-2], "svm.row_precision": "bfloat16", "svm.train_hflip": True})
+    per_class = evaluate(tiny_run, EvalConfig(protocol="per-class", labels_per_class=20, draws=2), **common,
+                         overrides={"svm.c_grid": [1e-2], "svm.row_precision": "bfloat16"})
+    assert fitted == [torch.bfloat16] * 6  # full: sweep and refit; per-class: each draw's sweep and refit
+    assert narrow["config"]["svm"]["row_precision"] == "bfloat16" and len(list((tmp_path / "res").glob("*.json"))) == 3
+    assert abs(narrow["test_accuracy"] - plain["test_accuracy"]) < 0.1 and per_class["test_accuracy"] > 0.2
 
 
 def test_an_auto_hessian_precision_is_stored_as_the_precision_that_ran(tmp_path, tiny_run, monkeypatch):

@@ -190,6 +190,7 @@ def test_workers_exit_when_their_launcher_is_killed_and_the_run_is_taken_over(tm
     ("train.lr_d=-1e-4", "train.lr_d must be 0 (off) or positive"),
     ("svm.train_translate_views=0", "svm.train_translate_views must be at least 1"),
     ("svm.c_grid=[1e-3,inf]", "every C in svm.c_grid must be positive"),
+    ("svm.row_precision=float16", "svm.row_precision"),
 ])
 def test_every_config_key_out_of_range_gets_one_line(tmp_path, setting, message):
     assert message in fail("pretrain", "--dataset", "fake", "--out", tmp_path / "x", "--set", setting)

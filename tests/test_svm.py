@@ -283,3 +283,66 @@ def test_plain_cg_converges_in_as_many_steps_as_the_hessian_has_distinct_eigenva
     X = (Q - Q.mean(0)) * torch.tensor([1.0, 10.0, 100.0]).repeat_interleave(10).sqrt() * 10
     _, steps = _conjugate_gradient(X, torch.ones(200, 2), torch.randn(31, 2), 0.5, max_iter=100, rel_tol=1e-6)
     assert steps <= 8
+
+
+def test_bfloat16_fitting_rows_are_the_float32_rows_rounded_with_their_views_and_the_same_scaler():
+    from dcgan_features.svm_rows import FittingViews, fitting_matrix
+
+    X, y = blobs(n=300, d=24)
+    mirror, rows = X[:, ::-1].copy(), np.arange(0, 300, 2)
+    exact, y32, scaler32 = fitting_matrix(X, y, rows, FittingViews((mirror,)))
+    narrow, y16, scaler16 = fitting_matrix(X, y, rows, FittingViews((mirror,)), precision="bfloat16")
+    assert narrow.dtype == torch.bfloat16 and narrow.shape == exact.shape == (300, 24)
+    np.testing.assert_array_equal(y16, y32)
+    np.testing.assert_allclose(scaler16.mean_, scaler32.mean_, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(narrow.float().numpy(), exact, rtol=2**-8, atol=1e-6)  # 8 significant bits
+    raw, _, none = fitting_matrix(X, y, rows, standardize=False, precision="bfloat16")
+    assert none is None and torch.equal(raw, torch.from_numpy(X[rows]).to(torch.bfloat16))
+
+
+@pytest.mark.parametrize("hessian", ["float32", "bfloat16"])
+def test_the_solver_on_bfloat16_rows_solves_the_rounded_problem_widening_a_block_at_a_time(hessian, monkeypatch):
+    from dcgan_features import svm
+
+    X, y = correlated_features(n=1200, d=80)
+    narrow = torch.from_numpy(X).to(torch.bfloat16)
+    solver = dict(C=0.01, tol=1e-4, hessian_precision=hessian, preconditioner_rank=8)
+    reference = TorchL2SVM(**solver).fit(narrow.float().numpy(), y)
+    monkeypatch.setattr(svm, "CHUNK_VALUES", 80 * 100)  # 100 rows a block: 12 blocks, the last one short
+    widened = []
+    original = svm._widened
+    monkeypatch.setattr(svm, "_widened", lambda X, dtype: widened.append(X.dtype) or original(X, dtype))
+    stored = TorchL2SVM(**solver).fit(narrow, y)
+    assert stored.converged_ and widened and set(widened) == {torch.bfloat16}
+    rounded = narrow.float().numpy()
+    gap = total_objective(stored, rounded, y, 0.01) / total_objective(reference, rounded, y, 0.01) - 1
+    assert abs(gap) < 1e-5
+    np.testing.assert_array_equal(stored.predict(rounded), reference.predict(rounded))
+
+
+def test_row_precision_is_refused_with_liblinear():
+    with pytest.raises(UserError, match="needs svm.solver = torch"):
+        SvmConfig(solver="liblinear", row_precision="bfloat16")
+    with pytest.raises(UserError, match="row_precision"):
+        SvmConfig(row_precision="float16")
+
+
+@pytest.mark.parametrize("protocol", ["full", "validation"])
+def test_bfloat16_rows_change_the_protocols_accuracy_by_rounding_only(protocol):
+    from dcgan_features.protocols import run_validation
+    from dcgan_features.svm_rows import FittingViews
+
+    X, y = blobs(n=1500, d=60)
+    views = FittingViews((X[:1200] + 0.1,))
+    outcomes = {}
+    for precision in ("float32", "bfloat16"):
+        cfg = SvmConfig(c_grid=(1e-3, 1e-2), tol=1e-5, row_precision=precision)
+        factory = lambda C, cfg=cfg: make_classifier(cfg, C)  # noqa: E731
+        outcomes[precision] = (run_full(X[:1200], y[:1200], X[1200:], y[1200:], cfg, 0, factory, views)
+                               if protocol == "full" else run_validation(X[:1200], y[:1200], cfg, 0, factory, views))
+    plain, narrow = outcomes["float32"], outcomes["bfloat16"]
+    assert narrow.n_fit == plain.n_fit == 2 * 1080  # the view joined the fitting rows
+    for a, b in zip(plain.validation, narrow.validation):
+        assert abs(a["val_accuracy"] - b["val_accuracy"]) <= 0.02 and a["val_accuracy"] > 0.5
+    if protocol == "full":
+        assert abs(plain.test_accuracy - narrow.test_accuracy) <= 0.02
