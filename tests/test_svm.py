@@ -308,7 +308,7 @@ def test_the_solver_on_bfloat16_rows_solves_the_rounded_problem_widening_a_block
     narrow = torch.from_numpy(X).to(torch.bfloat16)
     solver = dict(C=0.01, tol=1e-4, hessian_precision=hessian, preconditioner_rank=8)
     reference = TorchL2SVM(**solver).fit(narrow.float().numpy(), y)
-    monkeypatch.setattr(svm, "CHUNK_VALUES", 80 * 100)  # 100 rows a block: 12 blocks, the last one short
+    monkeypatch.setattr(svm, "WIDEN_VALUES", 80 * 100)  # 100 rows a block: 12 blocks
     widened = []
     original = svm._widened
     monkeypatch.setattr(svm, "_widened", lambda X, dtype: widened.append(X.dtype) or original(X, dtype))
