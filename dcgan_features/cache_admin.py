@@ -18,8 +18,9 @@ from pathlib import Path
 
 from .artifacts import sha256_file
 from .errors import UserError
+from .features import ENTRY_NAME_DIGITS
 
-ENTRY_NAME = re.compile(r"[0-9a-f]{32}")
+ENTRY_NAME = re.compile(f"[0-9a-f]{{{ENTRY_NAME_DIGITS}}}")
 DAY_S = 86_400
 
 

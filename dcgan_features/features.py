@@ -176,7 +176,7 @@ def cached_features(extractor: nn.Module, data: ImageSet, key: dict[str, Any], c
     if cache_dir is None:
         features = extract_shared(extractor, data.images, batch_size, device, label)
         return FeatureSet(features, labels, np.arange(len(data)), False) if features is not None else None
-    entry = Path(cache_dir) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    entry = Path(cache_dir) / hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:ENTRY_NAME_DIGITS]
     world = current_world()
     hit = None
     if world.is_main:
@@ -252,6 +252,7 @@ def _publish(tmp: Path, entry: Path, key: dict[str, Any]) -> None:
 
 
 _WRITER = f"{socket.gethostname()}.{os.getpid()}"
+ENTRY_NAME_DIGITS = 32  # an entry's folder: this many hex digits of its key's sha256 (cache_admin finds them so)
 
 
 def remove_stale_temporaries(cache_dir: Path) -> list[Path]:
