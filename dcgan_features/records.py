@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .artifacts import read_json
-from .config import Config, ModelConfig
+from .config import Config, ModelConfig, load_config
 from .errors import UserError
 from .protocols import PROTOCOLS, protocol_of
 
@@ -38,6 +38,7 @@ NOT_EXPERIMENT_KEYS = frozenset({
     "data.root", "data.download", "train.seed", "train.device", "train.log_every", "train.checkpoint_every",
     "train.num_samples", "train.collapse_loss", "train.collapse_steps", "train.channels_last", "train.compile",
     "features.batch_size", *(key for keys in SELECTION_KEYS.values() for key in keys)})
+TRAINING_SECTIONS = ("data", "model", "train")  # the config sections that shape a D; features and svm read it out
 REQUIRED = ("eval_dataset", "protocol", "seed", "feature_dim", "chosen_C", "validation", "pretrain", "checkpoint")
 
 
@@ -118,9 +119,11 @@ def recipe_record(config_file: str | Path | None, imported: bool = False) -> dic
 
 def recipe_of(subject_payload: dict[str, Any], eval_config_file: str | Path | None, baseline: str | None) -> dict:
     """The recipe to store in a new result: for a trained D, the config file its run started from (the first
-    training process's); for a baseline, the config file the evaluation was given. Where the D's config file is
-    gone and the evaluation was given another of the same architecture (``evaluate`` refuses any other), the
-    file was renamed since: the name says both, ``cifar10.toml (was cifar10_deep.toml)``, as it is when written."""
+    training process's); for a baseline, the config file the evaluation was given. Where the D's file is gone or
+    no longer holds its recipe (:func:`holds_recipe`: a new default recipe under the old name), the name says
+    both: the sibling file that holds it now, ``cifar10_deep.toml (was cifar10.toml)``; else, for a file gone,
+    the evaluation's config of the same architecture (``evaluate`` refuses any other); else, for a file still
+    there, ``cifar10.toml (changed since)``. The name is as it is when written."""
     if baseline:
         return recipe_record(eval_config_file)
     if subject_payload.get("kind") == "imported":
@@ -129,11 +132,46 @@ def recipe_of(subject_payload: dict[str, Any], eval_config_file: str | Path | No
     first = history[0] if isinstance(history, list) and history else history or {}
     trained = recipe_record(first["config_file"]) if "config_file" in first else \
         _legacy_recipe({"pretrain": {"provenance": [first]}, "checkpoint": subject_payload})
-    named = trained.get("config_file")
-    if named and eval_config_file and not Path(named).exists() and Path(named).name != Path(eval_config_file).name:
-        return {**trained, "name": f"{Path(eval_config_file).name} (was {Path(named).name})",
-                "renamed_to": str(eval_config_file)}
-    return trained
+    named, stored = trained.get("config_file"), subject_payload.get("config")
+    if not named or stored is not None and holds_recipe(named, stored, history):
+        return trained
+    holders = [] if stored is None else \
+        [path for path in sorted(Path(named).parent.glob("*.toml")) if holds_recipe(path, stored, history)]
+    renamed_for_evaluation = eval_config_file and Path(named).name != Path(eval_config_file).name
+    if not holders and renamed_for_evaluation and not Path(named).exists():
+        holders = [Path(eval_config_file)]
+    if holders:
+        return {**trained, "name": f"{holders[0].name} (was {Path(named).name})", "renamed_to": str(holders[0])}
+    changed = stored is not None and Path(named).exists()
+    return {**trained, "name": f"{Path(named).name} (changed since)"} if changed else trained
+
+
+def holds_recipe(config_file: str | Path, trained_config: dict[str, Any], history: Any) -> bool:
+    """Whether ``config_file``, as it reads now, still gives a run's stored config on every key of the experiment
+    that the run's recorded commands left to the file. Only the sections that shape the D count (the
+    ``[features]`` and ``[svm]`` a run stores are the evaluation's business); keys set by ``--set KEY=VALUE`` or by
+    an option named after the key (``--epochs``, ``--seed``) are the command's; a file's ``"auto"`` matches what it
+    resolved to. A file changed since the run trained (a new default recipe under the old name) does not hold it."""
+    try:
+        now = flat_config(load_config(config_file).to_dict())
+    except UserError:
+        return False
+    stored, commanded = flat_config(trained_config), _commanded_keys(history)
+    return all(now.get(key) in (stored.get(key), "auto") for key in stored.keys() | now.keys()
+               if key.partition(".")[0] in TRAINING_SECTIONS and key not in NOT_EXPERIMENT_KEYS
+               and key not in commanded and key.rpartition(".")[2] not in commanded)
+
+
+def _commanded_keys(history: Any) -> set[str]:
+    """Dotted keys given with ``--set`` and the bare names of the other options, over every recorded process."""
+    keys: set[str] = set()
+    for process in history if isinstance(history, list) else [history or {}]:
+        words = process.get("argv") or shlex.split(process.get("command") or "")
+        for before, word in zip(words, words[1:]):
+            if before == "--set":
+                keys.add(word.partition("=")[0])
+        keys |= {word[2:].partition("=")[0].replace("-", "_") for word in words if word.startswith("--")}
+    return keys
 
 
 def flat_config(raw: dict[str, Any]) -> dict[str, Any]:

@@ -24,25 +24,24 @@ RELEASED_MARKERS = ("<!-- released:begin -->", "<!-- released:end -->")
 COLUMNS = ["file", "trained on", "recipe", "architecture", "epochs", "features", "test accuracy (%)", "sha256"]
 
 
-def committed_results(results_dir: Path) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """By checkpoint sha256: each committed test result (``"full 79.58"``, by protocol and read-out), and the
-    recipe name its results carry (which knows the config files renamed since training)."""
+def committed_results(results_dir: Path) -> dict[str, list[str]]:
+    """By checkpoint sha256: each committed test result (``"full 79.58"``, by protocol and read-out)."""
     scores: dict[str, list[str]] = defaultdict(list)
-    recipes: dict[str, str] = {}
     for _, result in scan_results(results_dir):
         if result.get("baseline"):
             continue
         sha, shape = result["checkpoint"]["sha256"], read_out(result)
-        recipes[sha] = result["recipe"]["name"]
         if PROTOCOLS[result["protocol_kind"]].reads_test:
             scores[sha].append(f"{result['protocol']}{'' if shape == 'paper' else f' ({shape})'} {score(result):.2f}")
-    return scores, recipes
+    return scores
 
 
 def released_table(results_dir: str | Path) -> pd.DataFrame:
-    """One row per committed discriminator file under ``results_dir``, in path order."""
+    """One row per committed discriminator file under ``results_dir``, in path order. The recipe is named as
+    :func:`records.recipe_of` names it today, which follows the config files renamed or changed since training
+    (its results may carry an older name)."""
     results_dir = Path(results_dir)
-    scores, recipes = committed_results(results_dir)
+    scores = committed_results(results_dir)
     rows = []
     for path in sorted(results_dir.rglob("discriminator*.pt")):
         payload = load_checkpoint(path)
@@ -50,7 +49,7 @@ def released_table(results_dir: str | Path) -> pd.DataFrame:
         sha = sha256_file(path)
         which = {"probe": " (best probe)", "ema": " (EMA)"}.get(payload.get("selected_by"), "")
         rows.append({"file": f"`{path.as_posix()}`", "trained on": config.data.dataset,
-                     "recipe": recipes.get(sha, recipe_of(payload, None, None)["name"]) + which,
+                     "recipe": recipe_of(payload, None, None)["name"] + which,
                      "architecture": architecture_name(config.model), "epochs": epochs_trained(payload),
                      "features": PoolingSpec.from_config(config.features, discriminator).dimension(discriminator),
                      "test accuracy (%)": "; ".join(sorted(scores.get(sha, []))) or "-", "sha256": f"`{sha}`"})

@@ -44,7 +44,6 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"\]\(([^)#\s]+)[^)]*\)")
 CITED = re.compile(r"`((?:results|configs|benchmarks|tests|dcgan_features|docs)/[^`*\s]+)`")
 PLACEHOLDER = re.compile(r"[A-Z]{2,}|seedN|/X\.")  # results/benchmarks/NAME.md, RUN/..., seedN: a pattern, not a file
-RENAMED = {"configs/cifar10_deep.toml"}  # named as it was when its runs trained (now configs/cifar10.toml)
 
 
 def test_the_readme_links_every_docs_page_and_every_link_and_cited_file_exists():
@@ -57,5 +56,5 @@ def test_the_readme_links_every_docs_page_and_every_link_and_cited_file_exists()
             if "://" not in target:
                 assert (page.parent / target).exists(), f"{page.name} links {target}, which does not exist"
         for cited in CITED.findall(text):
-            if not PLACEHOLDER.search(cited) and cited not in RENAMED:
+            if not PLACEHOLDER.search(cited):
                 assert (ROOT / cited.rstrip(".,:;")).exists(), f"{page.name} cites {cited}, which does not exist"

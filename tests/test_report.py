@@ -198,3 +198,31 @@ def test_a_renamed_config_file_is_named_with_its_old_name_when_the_result_is_wri
     assert recipe_of(payload, new, None)["name"] == "cifar10_deep.toml"  # both exist: the one it trained from
     assert recipe_of(payload, None, None)["name"] == "cifar10_deep.toml"
     assert recipe_of(payload, new, "untrained")["name"] == "cifar10.toml"  # a baseline: the evaluation's config
+
+
+def test_a_config_file_changed_since_training_hands_its_name_to_the_file_that_now_holds_the_recipe(tmp_path):
+    from dcgan_features.config import load_config
+    from dcgan_features.records import recipe_of
+
+    default = tmp_path / "cifar10.toml"
+    default.write_text('[train]\nepochs = 24\nbf16 = "auto"\n')
+    argv = ["dcgan-features", "pretrain", "--config", str(default), "--seed", "3", "--data-root", "/data"]
+    trained = load_config(default, {"train.seed": 3, "data.root": "/data", "train.bf16": True}).to_dict()
+    payload = {"kind": "final", "config": trained, "provenance": [{"config_file": str(default), "argv": argv}]}
+    assert recipe_of(payload, None, None)["name"] == "cifar10.toml"  # seed and root set by options, "auto" resolved
+
+    default.write_text('[train]\nepochs = 24\nbf16 = "auto"\nmirror_real = true\n')  # a new recipe, the old name
+    assert recipe_of(payload, None, None)["name"] == "cifar10.toml (changed since)"
+    (tmp_path / "cifar10_deep.toml").write_text('[train]\nepochs = 24\nbf16 = "auto"\n[svm]\nc_grid = [2.0]\n')
+    assert recipe_of(payload, None, None) == {"name": "cifar10_deep.toml (was cifar10.toml)", "config_file":
+                                              str(default), "renamed_to": str(tmp_path / "cifar10_deep.toml")}
+
+    # the runs that set by command what the file now says belong to it: a --set key, and an option's key
+    mirrored = load_config(default, {"train.seed": 3, "data.root": "/data", "train.bf16": True,
+                                     "train.epochs": 48}).to_dict()
+    commanded = {"kind": "final", "config": mirrored, "provenance": [
+        {"config_file": str(default), "argv": argv + ["--set", "train.mirror_real=true"]},
+        {"config_file": str(default), "command": "dcgan-features pretrain --out run --epochs 48"}]}
+    assert recipe_of(commanded, None, None)["name"] == "cifar10.toml"
+    commanded["provenance"].pop()  # without the resume that set 48 epochs, the file no longer gives the run's config
+    assert recipe_of(commanded, None, None)["name"] == "cifar10.toml (changed since)"
