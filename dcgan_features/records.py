@@ -16,7 +16,7 @@ import hashlib
 import json
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .artifacts import read_json
 from .config import Config, ModelConfig, load_config
@@ -120,7 +120,7 @@ def recipe_record(config_file: str | Path | None, imported: bool = False) -> dic
 def recipe_of(subject_payload: dict[str, Any], eval_config_file: str | Path | None, baseline: str | None) -> dict:
     """The recipe to store in a new result: for a trained D, the config file its run started from (the first
     training process's); for a baseline, the config file the evaluation was given. Where the D's file is gone or
-    no longer holds its recipe (:func:`holds_recipe`: a new default recipe under the old name), the name says
+    no longer holds its recipe (:func:`recipe_holder`: a new default recipe under the old name), the name says
     both: the sibling file that holds it now, ``cifar10_deep.toml (was cifar10.toml)``; else, for a file gone,
     the evaluation's config of the same architecture (``evaluate`` refuses any other); else, for a file still
     there, ``cifar10.toml (changed since)``. The name is as it is when written."""
@@ -133,10 +133,11 @@ def recipe_of(subject_payload: dict[str, Any], eval_config_file: str | Path | No
     trained = recipe_record(first["config_file"]) if "config_file" in first else \
         _legacy_recipe({"pretrain": {"provenance": [first]}, "checkpoint": subject_payload})
     named, stored = trained.get("config_file"), subject_payload.get("config")
-    if not named or stored is not None and holds_recipe(named, stored, history):
+    holds = None if stored is None else recipe_holder(stored, history)
+    if not named or holds is not None and holds(named):
         return trained
-    holders = [] if stored is None else \
-        [path for path in sorted(Path(named).parent.glob("*.toml")) if holds_recipe(path, stored, history)]
+    holders = [] if holds is None else \
+        [path for path in sorted(Path(named).parent.glob("*.toml")) if path != Path(named) and holds(path)]
     renamed_for_evaluation = eval_config_file and Path(named).name != Path(eval_config_file).name
     if not holders and renamed_for_evaluation and not Path(named).exists():
         holders = [Path(eval_config_file)]
@@ -146,20 +147,27 @@ def recipe_of(subject_payload: dict[str, Any], eval_config_file: str | Path | No
     return {**trained, "name": f"{Path(named).name} (changed since)"} if changed else trained
 
 
-def holds_recipe(config_file: str | Path, trained_config: dict[str, Any], history: Any) -> bool:
-    """Whether ``config_file``, as it reads now, still gives a run's stored config on every key of the experiment
-    that the run's recorded commands left to the file. Only the sections that shape the D count (the
+def recipe_holder(trained_config: dict[str, Any], history: Any) -> Callable[[str | Path], bool]:
+    """A test of whether a config file, as it reads now, still gives a run's stored config on every key of the
+    experiment that the run's recorded commands left to the file. Only the sections that shape the D count (the
     ``[features]`` and ``[svm]`` a run stores are the evaluation's business); keys set by ``--set KEY=VALUE`` or by
     an option named after the key (``--epochs``, ``--seed``) are the command's; a file's ``"auto"`` matches what it
-    resolved to. A file changed since the run trained (a new default recipe under the old name) does not hold it."""
-    try:
-        now = flat_config(load_config(config_file).to_dict())
-    except UserError:
-        return False
+    resolved to. A file changed since the run trained (a new default recipe under the old name) does not hold it.
+    The run's side is read once, so one test can be put to every candidate file."""
     stored, commanded = flat_config(trained_config), _commanded_keys(history)
-    return all(now.get(key) in (stored.get(key), "auto") for key in stored.keys() | now.keys()
-               if key.partition(".")[0] in TRAINING_SECTIONS and key not in NOT_EXPERIMENT_KEYS
-               and key not in commanded and key.rpartition(".")[2] not in commanded)
+
+    def compared(key: str) -> bool:
+        return key.partition(".")[0] in TRAINING_SECTIONS and key not in NOT_EXPERIMENT_KEYS \
+            and key not in commanded and key.rpartition(".")[2] not in commanded
+
+    def holds(config_file: str | Path) -> bool:
+        try:
+            now = flat_config(load_config(config_file).to_dict())
+        except UserError:
+            return False
+        return all(now.get(key) in (stored.get(key), "auto") for key in stored.keys() | now.keys() if compared(key))
+
+    return holds
 
 
 def _commanded_keys(history: Any) -> set[str]:
