@@ -267,6 +267,9 @@ class SvmConfig:
     # Score each validation and test image by the mean SVM decision over it and its mirror (a two-view read-out;
     # the paper scores one view, so the report labels such rows as another read-out). C is chosen the same way.
     score_hflip: bool = False
+    # Score each validation and test image also by its train_translate_views shifted copies (the same draw of shifts
+    # per copy as the fitting copies'; needs train_translate): the mean decision over every view. Another read-out.
+    score_translate: bool = False
     max_iter: int = 1000
     tol: float = 1e-4
     # torch solver: precision of the Hessian products inside CG (bfloat16 halves their memory traffic; objective,
@@ -298,6 +301,8 @@ class SvmConfig:
             raise UserError("svm.val_fraction must lie strictly between 0 and 1")
         check_at_least(self, "svm", ("max_iter", "train_translate_views"), 1)
         check_at_least(self, "svm", ("train_translate",), 0)
+        if self.score_translate and not self.train_translate:
+            raise UserError("svm.score_translate needs svm.train_translate > 0 (the largest shift, in pixels)")
         check_positive(self, "svm", ("tol",))
 
 

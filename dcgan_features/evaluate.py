@@ -181,16 +181,18 @@ def write_result(path: Path, result: dict[str, Any], force: bool) -> None:
 
 def run_protocol(run: Run, features: dict[str, FeatureSet], device: torch.device) -> Outcome:
     """The protocol the settings name (from the registry), on the (memory-mapped) train and test features; the
-    training images' other views join the SVM's fitting rows (:func:`fitting_view_names`), and the mirrored
-    features of every split score its images by two views under ``svm.score_hflip``."""
+    training images' other views join the SVM's fitting rows (:func:`fitting_view_names`), and each split's
+    scoring views (:func:`scoring_view_names`) are scored beside its images."""
     svm, train, test = run.subject.config.svm, features["train"], features.get("test")
-    mirror = lambda split, wanted: features[split].features if wanted and split in features else None  # noqa: E731
-    views = [features[name].features for name in fitting_view_names(svm) if name in features]
+
+    def views(names: list[str]) -> FittingViews | None:
+        arrays = tuple(features[name].features for name in names if name in features)
+        return FittingViews(arrays) if arrays else None
+
     inputs = ProtocolInputs(train.features, train.labels, None if test is None else test.features,
                             None if test is None else test.labels, svm, run.seed,
-                            partial(make_classifier, svm, device=str(device)),
-                            FittingViews(tuple(views)) if views else None, mirror("train_mirrored", svm.score_hflip),
-                            mirror("test_mirrored", svm.score_hflip))
+                            partial(make_classifier, svm, device=str(device)), views(fitting_view_names(svm)),
+                            views(scoring_view_names(svm, "train")), views(scoring_view_names(svm, "test")))
     return PROTOCOLS[run.settings.protocol].run(inputs, run.settings)
 
 
@@ -253,7 +255,7 @@ def extract_splits(run: Run, cache_dir, device, echo) -> tuple[dict[str, Feature
     data = {split: load_images(run.dataset, config.data.root, split, image_size=config.model.image_size,
                                channels=config.model.channels, download=config.data.download)
             for split in (("train", "test") if PROTOCOLS[run.settings.protocol].reads_test else ("train",))}
-    if PROTOCOLS[run.settings.protocol].uses_mirrors:
+    if PROTOCOLS[run.settings.protocol].uses_views:
         data |= other_views(data, config.svm)
     timings = {"load_data_s": round(time.perf_counter() - start, 2)}
     bn_key = "running"
@@ -274,30 +276,40 @@ def extract_splits(run: Run, cache_dir, device, echo) -> tuple[dict[str, Feature
 def other_views(data: dict[str, ImageSet], svm: SvmConfig) -> dict[str, ImageSet]:
     """The other views the SVM settings ask for: with ``svm.train_hflip`` or ``svm.score_hflip`` the images flipped
     left-right ("train_mirrored", and with ``score_hflip`` "test_mirrored"); with ``svm.train_translate`` the
-    training images' shifted copies ("train_shifted0", ...; the copy's index seeds its shifts)."""
+    training images' shifted copies ("train_shifted0", ...; the copy's index seeds its shifts), and with
+    ``svm.score_translate`` the test images' too ("test_shifted0", ...)."""
     views = {}
     mirrored = (("train",) if svm.train_hflip else ()) + (tuple(data) if svm.score_hflip else ())
     for split in sorted(set(mirrored), key=("train", "test").index):
         images = data[split]
         views[f"{split}_mirrored"] = replace(images, images=images.images.flip(-1).contiguous(),
                                              split=f"{images.split}-hflip")
-    train = data["train"]
-    for index in range(svm.train_translate_views if svm.train_translate else 0):
-        views[shifted_view_name(index)] = replace(
-            train, images=shifted_copy(train.images, svm.train_translate, seed=index),
-            split=f"{train.split}-shift{svm.train_translate}-{index}")
+    shifted = ("train",) + (("test",) if svm.score_translate and "test" in data else ())
+    for split in shifted if svm.train_translate else ():
+        images = data[split]
+        for index in range(svm.train_translate_views):
+            views[shifted_view_name(index, split)] = replace(
+                images, images=shifted_copy(images.images, svm.train_translate, seed=index),
+                split=f"{images.split}-shift{svm.train_translate}-{index}")
     return views
 
 
-def shifted_view_name(index: int) -> str:
-    """The features of the training images' ``index``-th shifted copy (``svm.train_translate``)."""
-    return f"train_shifted{index}"
+def shifted_view_name(index: int, split: str = "train") -> str:
+    """The features of the ``split``'s ``index``-th shifted copy (``svm.train_translate``)."""
+    return f"{split}_shifted{index}"
 
 
 def fitting_view_names(svm: SvmConfig) -> list[str]:
     """The features whose rows join the SVM's fitting rows, after the images' own: the mirror, the shifted copies."""
     shifted = [shifted_view_name(i) for i in range(svm.train_translate_views)] if svm.train_translate else []
     return ["train_mirrored"] * svm.train_hflip + shifted
+
+
+def scoring_view_names(svm: SvmConfig, split: str) -> list[str]:
+    """The features scored beside each of the ``split``'s images, the mean decision over all of them: the mirror
+    (``svm.score_hflip``), the shifted copies (``svm.score_translate``)."""
+    shifted = [shifted_view_name(i, split) for i in range(svm.train_translate_views)] if svm.score_translate else []
+    return [f"{split}_mirrored"] * svm.score_hflip + shifted
 
 
 def make_extractor(subject: Subject, spec: PoolingSpec, device: torch.device) -> tuple[nn.Module, dict | None]:

@@ -42,7 +42,7 @@ from .svm import (
     select_c,
     starting_from,
 )
-from .svm_rows import fitting_matrix, read_rows, scaled
+from .svm_rows import fitting_matrix, read_rows, scaled, view_arrays
 
 
 @dataclass(frozen=True)
@@ -79,16 +79,16 @@ def fit_log(stage: str, fits: list[dict], **where) -> list[dict]:
 
 
 def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
-             fit_views=None, val_mirror=None, test_mirror=None) -> dict:
+             fit_views=None, val_views=None, test_views=None) -> dict:
     """All training images: C on a stratified validation split, refit on everything, test once.
 
     With ``fit_views`` (other views of the training images: mirror, shifted copies) every fitting row is joined
-    by its other views; validation and test rows never are. With ``val_mirror`` and ``test_mirror`` (the training
-    and test images' mirrored features, ``svm.score_hflip``) each validation and test image is scored by the mean
-    decision over it and its mirror. The arrays are built one at a time, so the sweep's, the refit's and the
-    test's copies never coexist."""
+    by its other views; validation and test rows never are. With ``val_views`` and ``test_views`` (other views of
+    the training and test images: the mirror under ``svm.score_hflip``, shifted copies under
+    ``svm.score_translate``) each validation and test image is scored by the mean decision over all its views.
+    The arrays are built one at a time, so the sweep's, the refit's and the test's copies never coexist."""
     start = time.perf_counter()
-    selection = select_c(train_x, train_y, cfg, seed, factory, fit_views, label=SWEEP_LABEL, scoring_mirror=val_mirror)
+    selection = select_c(train_x, train_y, cfg, seed, factory, fit_views, label=SWEEP_LABEL, scoring_views=val_views)
     select_s = time.perf_counter() - start
     X, y, scaler = fitting_matrix(train_x, train_y, np.arange(len(train_y)), fit_views, cfg.standardize,
                                   cfg.row_precision)
@@ -99,8 +99,7 @@ def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factor
         bar.update(1)
     refit_s = time.perf_counter() - start
     del X
-    views = [scaled(read_rows(array, np.arange(len(test_y))), scaler) for array in (test_x, test_mirror)
-             if array is not None]
+    views = [scaled(read_rows(array, np.arange(len(test_y))), scaler) for array in (test_x, *view_arrays(test_views))]
     fits = fit_log("sweep", selection.table) + fit_log("refit", [{"C": selection.best_c, **convergence(model)}])
     return Outcome(float(np.mean(predict_views(model, *views) == test_y)), selection.best_c, selection.table,
                    selection.at_grid_edge, fits, int(len(train_y)), selection.n_fit, selection.n_val,
@@ -108,11 +107,11 @@ def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factor
 
 
 def run_validation(train_x, train_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
-                   fit_views=None, val_mirror=None) -> Outcome:
+                   fit_views=None, val_views=None) -> Outcome:
     """The ``full`` protocol's selection alone: C swept on the same stratified validation split of the training
     set (the same seed gives the same split), and the best validation accuracy reported. Takes no test data."""
     start = time.perf_counter()
-    selection = select_c(train_x, train_y, cfg, seed, factory, fit_views, label=SWEEP_LABEL, scoring_mirror=val_mirror)
+    selection = select_c(train_x, train_y, cfg, seed, factory, fit_views, label=SWEEP_LABEL, scoring_views=val_views)
     best = next(row["val_accuracy"] for row in selection.table if row["C"] == selection.best_c)
     return Outcome(None, selection.best_c, selection.table, selection.at_grid_edge, fit_log("sweep", selection.table),
                    int(len(train_y)), selection.n_fit, selection.n_val,
@@ -152,19 +151,19 @@ def class_balanced_draw(labels: np.ndarray, per_class: int, rng: np.random.Gener
 
 
 def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
-                  labels_per_class: int, draws: int, fit_views=None, val_mirror=None, test_mirror=None) -> dict:
+                  labels_per_class: int, draws: int, fit_views=None, val_views=None, test_views=None) -> dict:
     """``draws`` class-balanced draws of ``labels_per_class`` labelled images; C by the mean validation accuracy
-    over the draws' own validation parts; each draw refit at that C and scored on test (mirrors as in
+    over the draws' own validation parts; each draw refit at that C and scored on test (other views as in
     :func:`run_full`)."""
     if draws < 1:
         raise UserError("--draws must be at least 1")
     start = time.perf_counter()
     pools = [class_balanced_draw(train_y, labels_per_class, np.random.default_rng([seed, d])) for d in range(draws)]
     # Selection: every draw's own validation split, C by the mean validation accuracy over draws.
-    mirror = lambda array, rows: None if array is None else array[rows]  # noqa: E731
+    rows_of = lambda views, rows: None if views is None else views[rows]  # noqa: E731
     with progress(draws, f"SVM: C sweep on each of {draws} draws") as bar:
-        tables = [_counted(bar, select_c(train_x[rows], train_y[rows], cfg, seed + d, factory, mirror(fit_views, rows),
-                                         scoring_mirror=mirror(val_mirror, rows)).table)
+        tables = [_counted(bar, select_c(train_x[rows], train_y[rows], cfg, seed + d, factory, rows_of(fit_views, rows),
+                                         scoring_views=rows_of(val_views, rows)).table)
                   for d, rows in enumerate(pools)]
     best, validation, edge = summarise_draws({row["C"]: [t[i]["val_accuracy"] for t in tables]
                                               for i, row in enumerate(tables[0])}, cfg)
@@ -173,7 +172,7 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     start = time.perf_counter()
     with progress(draws, f"SVM: refit each draw at C={best:g}") as bar:
         refits = [_counted(bar, fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory,
-                                              cfg.standardize, mirror(fit_views, rows), test_mirror,
+                                              cfg.standardize, rows_of(fit_views, rows), test_views,
                                               cfg.row_precision))
                   for rows in pools]
     accuracies = [r["test_accuracy"] for r in refits]
@@ -197,7 +196,7 @@ def svhn_shuffle(n: int, val_size: int, split_seed: int = 42) -> np.ndarray:
 
 def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
                   labels_per_class: int = 100, val_draws: int = 10, test_draws: int = 100, val_size: int = 10_000,
-                  split_seed: int = 42, fit_views=None, val_mirror=None, test_mirror=None) -> dict:
+                  split_seed: int = 42, fit_views=None, val_views=None, test_views=None) -> dict:
     """The authors' SVHN protocol (Radford et al. 2015, Table 2).
 
     Shuffle the training images with ``split_seed``; the first ``val_size`` are validation, the rest the
@@ -210,19 +209,19 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
                                                    np.random.default_rng([seed, k]))]
     start = time.perf_counter()
     val_x, val_y = train_x[val_rows], train_y[val_rows]
-    val_x_mirror = None if val_mirror is None else val_mirror[val_rows]
-    fit = lambda rows, x, y, C, x_mirror: fit_and_score(  # noqa: E731
+    val_x_views = None if val_views is None else val_views[val_rows]
+    fit = lambda rows, x, y, C, x_views: fit_and_score(  # noqa: E731
         train_x[rows], train_y[rows], x, y, C, factory, cfg.standardize,
-        None if fit_views is None else fit_views[rows], x_mirror, cfg.row_precision)
+        None if fit_views is None else fit_views[rows], x_views, cfg.row_precision)
     with progress(len(cfg.c_grid) * val_draws, f"SVM: {val_draws} validation draws per C") as bar:
-        val_fits = {C: [_counted(bar, fit(rows, val_x, val_y, C, val_x_mirror)) for rows in map(draw, range(val_draws))]
+        val_fits = {C: [_counted(bar, fit(rows, val_x, val_y, C, val_x_views)) for rows in map(draw, range(val_draws))]
                     for C in sorted(cfg.c_grid)}
     best, validation, edge = summarise_draws({C: [f["test_accuracy"] for f in fits]
                                               for C, fits in val_fits.items()}, cfg)
     select_s = time.perf_counter() - start
     start = time.perf_counter()
     with progress(test_draws, f"SVM: {test_draws} test draws at C={best:g}") as bar:
-        test_fits = [_counted(bar, fit(rows, test_x, test_y, best, test_mirror))
+        test_fits = [_counted(bar, fit(rows, test_x, test_y, best, test_views))
                      for rows in map(draw, range(val_draws, val_draws + test_draws))]
     errors = np.array([1 - f["test_accuracy"] for f in test_fits])
     std = float(errors.std(ddof=1)) if test_draws > 1 else 0.0
@@ -239,7 +238,7 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
 class ProtocolInputs:
     """What every protocol is given: the (memory-mapped) features and labels, the SVM settings, the seed, the
     classifier factory, the other views of the training images that join the fitting rows (``FittingViews``), and the
-    training and test images' mirrored features that score each image by two views (``svm.score_hflip``)."""
+    other views of the training and test images scored beside each image (``svm.score_hflip``, ``score_translate``)."""
 
     train_x: Any
     train_y: np.ndarray
@@ -249,13 +248,13 @@ class ProtocolInputs:
     seed: int
     factory: ClassifierFactory
     fit_views: Any = None
-    val_mirror: Any = None
-    test_mirror: Any = None
+    val_views: Any = None
+    test_views: Any = None
 
     @property
-    def mirrors(self) -> dict[str, Any]:
+    def views(self) -> dict[str, Any]:
         """The other views' features as the protocol functions take them (keyword arguments)."""
-        return {"fit_views": self.fit_views, "val_mirror": self.val_mirror, "test_mirror": self.test_mirror}
+        return {"fit_views": self.fit_views, "val_views": self.val_views, "test_views": self.test_views}
 
     @property
     def arrays(self) -> tuple:
@@ -276,7 +275,7 @@ class Protocol:
     reads_test: bool = True  # False: it never loads the test split (its results choose recipes, not report them)
     default_labels: int = 0  # labelled images per class when --labels-per-class is not given (0: all)
     label_prefix: str = ""  # labels of older results start with this (empty: the label is the name)
-    uses_mirrors: bool = True  # whether it reads other views (svm.train_hflip, train_translate, score_hflip) at all
+    uses_views: bool = True  # whether it reads other views (svm.train_hflip, train_translate, score_*) at all
 
     @property
     def score(self) -> str:
@@ -320,21 +319,21 @@ def _svhn_summary(r: dict) -> str:
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("full", "all training labels; C on a validation split, refit on all, test once",
-             lambda i, s: run_full(*i.arrays, **i.mirrors), lambda s: "full", _full_summary),
+             lambda i, s: run_full(*i.arrays, **i.views), lambda s: "full", _full_summary),
     Protocol("per-class", "repeated class-balanced draws of --labels-per-class labels (the paper's 400 per class)",
-             lambda i, s: run_per_class(*i.arrays, s.labels, s.draws, **i.mirrors),
+             lambda i, s: run_per_class(*i.arrays, s.labels, s.draws, **i.views),
              lambda s: f"per-class-{s.labels}x{s.draws}", _per_class_summary, default_labels=400,
              label_prefix="per-class"),
     Protocol("svhn-1000", "the paper authors' SVHN protocol (100 labels per class, fixed validation split)",
-             lambda i, s: run_svhn_1000(*i.arrays, s.labels, s.draws, s.test_draws, s.val_size, **i.mirrors),
+             lambda i, s: run_svhn_1000(*i.arrays, s.labels, s.draws, s.test_draws, s.val_size, **i.views),
              lambda s: f"svhn-{s.labels}pc-{s.draws}x{s.test_draws}-val{s.val_size}", _svhn_summary,
              default_labels=100, label_prefix="svhn"),
     Protocol("knn", "weighted k-nearest neighbours on cosine similarity (DINO's eval_knn), k chosen on validation",
              lambda i, s: run_knn(*i.arrays[:6], s.knn_k, s.knn_temperature), _knn_label, _knn_summary,
-             label_prefix="knn", uses_mirrors=False),
+             label_prefix="knn", uses_views=False),
     Protocol("validation", "full's C sweep alone, for choosing recipes: the test split is never read",
              lambda i, s: run_validation(i.train_x, i.train_y, i.svm, i.seed, i.factory, i.fit_views,
-                                                        i.val_mirror),
+                                                        i.val_views),
              lambda s: "validation", _validation_summary, reads_test=False),
 )}
 

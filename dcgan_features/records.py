@@ -252,14 +252,16 @@ def experiment_identity(result: dict[str, Any]) -> dict[str, Any]:
 
 def read_out(result: dict[str, Any]) -> str:
     """How a result read D's features and scored an image: ``paper`` for the paper's read-out (every block
-    max-pooled to one 4x4 grid, one view of each test image), else what differs: the grids, and ``2 views`` where
-    each image was scored by the mean decision over it and its mirror (``svm.score_hflip``), and the Fisher vector
-    where ``features.kind`` reads one."""
+    max-pooled to one 4x4 grid, one view of each test image), else what differs: the grids, and ``N views`` where
+    each image was scored by the mean decision over it and its mirror (``svm.score_hflip``) and shifted copies
+    (``svm.score_translate``), and the Fisher vector where ``features.kind`` reads one."""
     if result.get("baseline") == "pixels":
         return "-"
     config = flat_config(result.get("config", {}))
     grids = [config.get("features.grid", 4), *config.get("features.pyramid", ())]
-    views, kind = 2 if config.get("svm.score_hflip") else 1, config.get("features.kind", "pooled")
+    views = 1 + bool(config.get("svm.score_hflip")) + (
+        config.get("svm.train_translate_views", 1) if config.get("svm.score_translate") else 0)
+    kind = config.get("features.kind", "pooled")
     if grids == [4] and views == 1 and kind == "pooled":
         return "paper"
     pooled = f"{'+'.join(f'{g}x{g}' for g in grids)} pool"

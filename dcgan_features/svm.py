@@ -30,7 +30,7 @@ from sklearn.svm import LinearSVC
 from .config import SvmConfig
 from .errors import UserError
 from .runtime import progress, settled_hessian_precision
-from .svm_rows import FittingViews, fitting_matrix, read_rows, scaled
+from .svm_rows import FittingViews, fitting_matrix, read_rows, scaled, view_arrays
 
 
 class TorchL2SVM(ClassifierMixin, BaseEstimator):
@@ -295,34 +295,34 @@ def validation_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
 
 def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int,
              factory: ClassifierFactory, fit_views: FittingViews | None = None, label: str | None = None,
-             scoring_mirror: np.ndarray | None = None) -> Selection:
+             scoring_views: FittingViews | np.ndarray | None = None) -> Selection:
     """Choose C by accuracy on a validation split of the training set. Takes no test data by design.
 
     ``fit_views`` (other views of the same images: the mirror, shifted copies) join the fitting rows;
-    ``scoring_mirror`` (the mirrored features, under ``svm.score_hflip``) scores each validation row by its two
-    views' mean decision."""
+    ``scoring_views`` (other views scored beside each image: the mirror under ``svm.score_hflip``, shifted copies
+    under ``svm.score_translate``) score each validation row by the mean decision over all its views."""
     fit_rows, val_rows = validation_split(labels, cfg.val_fraction, seed)
     x_fit, y_fit, scaler = fitting_matrix(features, labels, fit_rows, fit_views, cfg.standardize, cfg.row_precision)
-    val_views = [scaled(read_rows(array, val_rows), scaler) for array in (features, scoring_mirror)
-                 if array is not None]
-    return sweep_c(x_fit, y_fit, val_views[0], labels[val_rows], cfg, factory, label, *val_views[1:])
+    val_views = [scaled(read_rows(array, val_rows), scaler) for array in (features, *view_arrays(scoring_views))]
+    return sweep_c(x_fit, y_fit, val_views[0], labels[val_rows], cfg, factory, label, val_views[1:])
 
 
-def predict_views(model, X: np.ndarray, X_mirror: np.ndarray | None = None) -> np.ndarray:
-    """The model's labels for ``X``; with ``X_mirror`` (the same images flipped left-right), for the mean of the
-    decision over both views (``svm.score_hflip``)."""
-    if X_mirror is None:
+def predict_views(model, X: np.ndarray, *others: np.ndarray) -> np.ndarray:
+    """The model's labels for ``X``; with ``others`` (other views of the same images: flipped left-right under
+    ``svm.score_hflip``, shifted under ``svm.score_translate``), for the mean decision over all the views."""
+    if not others:
         return model.predict(X)
-    decision = model.decision_function(X) + model.decision_function(X_mirror)
+    decision = sum((model.decision_function(view) for view in others), model.decision_function(X))
     if decision.ndim == 1:  # a two-class LinearSVC: one column, positive for classes_[1]
         return model.classes_[(decision > 0).astype(int)]
     return model.classes_[np.argmax(decision, axis=1)]
 
 
 def sweep_c(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, cfg: SvmConfig,
-            factory: ClassifierFactory, label: str | None = None, x_val_mirror: np.ndarray | None = None) -> Selection:
+            factory: ClassifierFactory, label: str | None = None,
+            x_val_views: tuple[np.ndarray, ...] = ()) -> Selection:
     """Fit every C of the grid on (x_fit, y_fit) and score it on the validation arrays (with ``label``, a progress
-    bar over the grid; with ``x_val_mirror``, by the mean decision over each image and its mirror).
+    bar over the grid; with ``x_val_views``, by the mean decision over each image and those other views of it).
 
     The grid is swept from small to large C so a warm-starting solver starts near its answer;
     ties go to the smaller C (the stronger regularisation), as in :func:`choose_c`."""
@@ -332,7 +332,7 @@ def sweep_c(x_fit: np.ndarray, y_fit: np.ndarray, x_val: np.ndarray, y_val: np.n
         for C in sorted(cfg.c_grid):
             start = time.perf_counter()
             model = _refit(model, factory, C).fit(x_fit, y_fit)
-            accuracy = float(np.mean(predict_views(model, x_val, x_val_mirror) == y_val))
+            accuracy = float(np.mean(predict_views(model, x_val, *x_val_views) == y_val))
             table[C] = {"C": C, "val_accuracy": accuracy, "fit_seconds": round(time.perf_counter() - start, 3),
                         **convergence(model)}
             if getattr(model, "warm_start", False):  # a solver that can start from a solution: keep each one
@@ -384,15 +384,14 @@ def _refit(previous, factory: ClassifierFactory, C: float):
 
 def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray,
                   C: float, factory: ClassifierFactory, standardize: bool = True,
-                  fit_views: FittingViews | None = None, test_mirror: np.ndarray | None = None,
+                  fit_views: FittingViews | None = None, test_views: FittingViews | np.ndarray | None = None,
                   row_precision: str = "float32") -> dict:
     """Refit on the whole training set (and its other views, when given; its rows stored in ``row_precision``) at
-    ``C`` and score the test set, once (inputs are left alone); with ``test_mirror``, by each test image's mean
-    decision over it and its mirror."""
+    ``C`` and score the test set, once (inputs are left alone); with ``test_views`` (other views of the test images),
+    by each test image's mean decision over all its views."""
     x_train, y_train, scaler = fitting_matrix(train_x, train_y, np.arange(len(train_y)), fit_views, standardize,
                                               row_precision)
-    x_test = [scaled(read_rows(array, np.arange(len(test_y))), scaler) for array in (test_x, test_mirror)
-              if array is not None]
+    x_test = [scaled(read_rows(array, np.arange(len(test_y))), scaler) for array in (test_x, *view_arrays(test_views))]
     start = time.perf_counter()
     model = factory(C).fit(x_train, y_train)
     fit_seconds = time.perf_counter() - start

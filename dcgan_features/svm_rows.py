@@ -82,13 +82,21 @@ def standardise(train: np.ndarray, *others: np.ndarray, copy: bool = True, enabl
 
 @dataclass(frozen=True)
 class FittingViews:
-    """Other views of the fitting images, each an array row-aligned with their features: the mirror
-    (``svm.train_hflip``), shifted copies (``svm.train_translate``). ``views[rows]`` takes those rows of each."""
+    """Other views of the same images, each an array row-aligned with their features: for fitting rows the mirror
+    (``svm.train_hflip``) and shifted copies (``svm.train_translate``); for scored rows the mirror
+    (``svm.score_hflip``) and shifted copies (``svm.score_translate``). ``views[rows]`` takes those rows of each."""
 
     arrays: tuple[np.ndarray, ...]
 
     def __getitem__(self, rows: np.ndarray) -> FittingViews:
         return FittingViews(tuple(array[rows] for array in self.arrays))
+
+
+def view_arrays(views: FittingViews | np.ndarray | None) -> tuple[np.ndarray, ...]:
+    """The arrays of ``views``: none, one array (such as the mirrored features), or a :class:`FittingViews`."""
+    if views is None:
+        return ()
+    return views.arrays if isinstance(views, FittingViews) else (views,)
 
 
 def training_rows(features: np.ndarray, labels: np.ndarray, rows: np.ndarray,
@@ -97,7 +105,7 @@ def training_rows(features: np.ndarray, labels: np.ndarray, rows: np.ndarray,
     same images: a :class:`FittingViews`, or one array such as the mirrored features) is given, by the same rows
     of each view in turn; and their labels. Only fitting rows ever get other views: validation and test rows are
     the images as they are."""
-    arrays = () if views is None else views.arrays if isinstance(views, FittingViews) else (views,)
+    arrays = view_arrays(views)
     if not arrays:
         return read_rows(features, rows), labels[rows]
     stacked = np.empty(((1 + len(arrays)) * len(rows), *features.shape[1:]), np.float32)  # each read into place
@@ -120,7 +128,7 @@ def fitting_matrix(features: np.ndarray, labels: np.ndarray, rows: np.ndarray,
         X, y = training_rows(features, labels, rows, views)
         scaler = fitted_scaler(X) if standardize else None
         return scaled(X, scaler), y, scaler
-    arrays = (features, *(() if views is None else views.arrays if isinstance(views, FittingViews) else (views,)))
+    arrays = (features, *view_arrays(views))
     step = _chunk_rows(features)
     blocks = [(i, start, array) for i, array in enumerate(arrays) for start in range(0, len(rows), step)]
     scaler = StandardScaler() if standardize else None

@@ -173,14 +173,14 @@ def toy_rows() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def run_toy_protocol(protocol: str, factory, x: np.ndarray, y: np.ndarray, **mirrors):
     """``protocol`` on the first 300 rows (training) and the last 100 (test) with one C, and the mirror keywords
-    given (``fit_views``, ``val_mirror``, ``test_mirror``; the validation protocol reads no test mirror)."""
+    given (``fit_views``, ``val_views``, ``test_views``; the validation protocol reads no test mirror)."""
     from dcgan_features.config import SvmConfig
     from dcgan_features.protocols import run_full, run_per_class, run_svhn_1000, run_validation
 
     cfg = SvmConfig(c_grid=(1e-2,), val_fraction=0.25)
     train, test = (x[:300], y[:300]), (x[300:], y[300:])
     if protocol == "validation":
-        return run_validation(*train, cfg, 0, factory, **{k: v for k, v in mirrors.items() if k != "test_mirror"})
+        return run_validation(*train, cfg, 0, factory, **{k: v for k, v in mirrors.items() if k != "test_views"})
     if protocol == "full":
         return run_full(*train, *test, cfg, 0, factory, **mirrors)
     if protocol == "per-class":

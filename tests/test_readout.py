@@ -1,6 +1,6 @@
-"""The read-out options of issue 27: a spatial pyramid beside the pooling grid (``features.pyramid``) and scoring
-each image by its two views, the image and its mirror (``svm.score_hflip``). Both off by default, which keeps
-the paper's read-out bitwise."""
+"""The read-out options of issue 27: a spatial pyramid beside the pooling grid (``features.pyramid``), and scoring
+each image by several views, the image and its mirror (``svm.score_hflip``) and its shifted copies
+(``svm.score_translate``). All off by default, which keeps the paper's read-out bitwise."""
 
 import json
 from dataclasses import asdict
@@ -75,6 +75,8 @@ def test_two_views_are_scored_by_their_mean_decision():
     assert predict_views(model, view)[0] == 3 and predict_views(model, mirror)[0] == 7
     assert predict_views(model, view, mirror)[0] == 7  # 1.0 + 0.0 < 0.9 + 1.0
     assert predict_views(model, view, view)[0] == predict_views(model, view)[0]
+    shifted = np.array([[0.0, 1.8, 0.0]])
+    assert predict_views(model, view, mirror, shifted)[0] == 5  # a third view: summed 1.0, 2.0, 1.9
 
 
 class SpyViews(SpyClassifier):
@@ -91,7 +93,7 @@ class SpyViews(SpyClassifier):
 def test_score_hflip_scores_validation_and_test_rows_by_two_views_and_fits_on_one(protocol):
     x, m, y = toy_rows()
     logs = {"one view": [], "two views": []}
-    for mode, views in {"one view": {}, "two views": dict(val_mirror=m[:300], test_mirror=m[300:])}.items():
+    for mode, views in {"one view": {}, "two views": dict(val_views=m[:300], test_views=m[300:])}.items():
         run_toy_protocol(protocol, partial(lambda log, C: SpyViews(log), logs[mode]), x, y, **views)
     fits = lambda log: [n for kind, n in log if kind == "fit"]  # noqa: E731
     assert fits(logs["one view"]) == fits(logs["two views"])  # the fitting rows are the images as they are
@@ -99,6 +101,44 @@ def test_score_hflip_scores_validation_and_test_rows_by_two_views_and_fits_on_on
     assert scored and not any(kind == "predict" for kind, _ in logs["two views"])
     # every scored row is scored twice: once as it is, once mirrored
     assert [n for kind, n in logs["two views"] if kind == "view"] == [n for n in scored for _ in range(2)]
+
+
+@pytest.mark.parametrize("protocol", ["full", "validation", "per-class", "svhn-1000"])
+def test_score_translate_scores_every_validation_and_test_row_by_each_of_its_views(protocol):
+    """Scoring views given as a FittingViews (the mirror and a shifted copy): each scored row is scored once per view,
+    the fitting rows are those of one view."""
+    from dcgan_features.svm_rows import FittingViews
+
+    x, m, y = toy_rows()
+    logs = {"one view": [], "three views": []}
+    three = dict(val_views=FittingViews((m[:300], x[:300] + 1)), test_views=FittingViews((m[300:], x[300:] + 1)))
+    for mode, views in {"one view": {}, "three views": three}.items():
+        run_toy_protocol(protocol, partial(lambda log, C: SpyViews(log), logs[mode]), x, y, **views)
+    fits = lambda log: [n for kind, n in log if kind == "fit"]  # noqa: E731
+    assert fits(logs["one view"]) == fits(logs["three views"])
+    scored = [n for kind, n in logs["one view"] if kind == "predict"]
+    assert scored and [n for kind, n in logs["three views"] if kind == "view"] == [n for n in scored for _ in range(3)]
+
+
+def test_score_translate_extracts_the_test_images_shifted_copies_and_labels_the_read_out(tmp_path, tiny_run):  # noqa: F811
+    from dcgan_features.evaluate import evaluate
+    from dcgan_features.protocols import EvalConfig
+    from dcgan_features.records import read_out
+
+    common = dict(cache_dir=tmp_path / "cache", results_dir=tmp_path / "res", echo=lambda s: None)
+    shifted = {"svm.c_grid": [1e-2], "svm.train_translate": 2, "svm.train_translate_views": 2}
+    full = evaluate(tiny_run, EvalConfig(protocol="full"), overrides=shifted, **common)
+    assert "features_test_shifted0_s" not in full["timings"] and read_out(full) == "paper"  # fitting copies alone
+    scored = evaluate(tiny_run, EvalConfig(protocol="full"), overrides=shifted | {"svm.score_translate": True},
+                      **common)
+    assert {"features_test_shifted0_s", "features_test_shifted1_s"} <= set(scored["timings"])
+    assert scored["n_train"] == full["n_train"] and read_out(scored) == "4x4 pool, 3 views"
+    both = shifted | {"svm.score_translate": True, "svm.score_hflip": True}
+    validation = evaluate(tiny_run, EvalConfig(protocol="validation"), overrides=both, **common)
+    assert read_out(validation) == "4x4 pool, 4 views" and not any("test" in k for k in validation["timings"])
+    keys = [json.loads((p / "key.json").read_text()) for p in (tmp_path / "cache").iterdir() if p.is_dir()]
+    assert sorted(k["split"] for k in keys) == ["test", "test-shift2-0", "test-shift2-1", "train", "train-hflip",
+                                                 "train-shift2-0", "train-shift2-1"]
 
 
 def test_evaluate_extracts_mirrored_validation_and_test_images_for_score_hflip(tmp_path, tiny_run):  # noqa: F811
@@ -123,6 +163,7 @@ def test_evaluate_extracts_mirrored_validation_and_test_images_for_score_hflip(t
     ("features.pyramid=[2,2]", "features.pyramid must hold distinct grid sizes of at least 1"),
     ("features.pyramid=[4,1]", "features.pyramid repeats features.grid (4)"),
     ("svm.score_hflip=3", "svm.score_hflip must be bool"),
+    ("svm.score_translate=true", "svm.score_translate needs svm.train_translate > 0"),
 ])
 def test_bad_read_out_settings_get_one_line(tmp_path, tiny_run, setting, message):  # noqa: F811
     assert message in fail("evaluate", "--checkpoint", tiny_run, "--protocol", "validation", "--set", setting,
