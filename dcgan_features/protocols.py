@@ -162,8 +162,8 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     # Selection: every draw's own validation split, C by the mean validation accuracy over draws.
     rows_of = lambda views, rows: None if views is None else views[rows]  # noqa: E731
     with progress(draws, f"SVM: C sweep on each of {draws} draws") as bar:
-        tables = [_counted(bar, select_c(train_x[rows], train_y[rows], cfg, seed + d, factory, rows_of(fit_views, rows),
-                                         scoring_views=rows_of(val_views, rows)).table)
+        tables = [_counted(bar, select_c(read_rows(train_x, rows), train_y[rows], cfg, seed + d, factory,
+                                         rows_of(fit_views, rows), scoring_views=rows_of(val_views, rows)).table)
                   for d, rows in enumerate(pools)]
     best, validation, edge = summarise_draws({row["C"]: [t[i]["val_accuracy"] for t in tables]
                                               for i, row in enumerate(tables[0])}, cfg)
@@ -171,7 +171,7 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     # Test: each draw refit on all its labelled images at the chosen C.
     start = time.perf_counter()
     with progress(draws, f"SVM: refit each draw at C={best:g}") as bar:
-        refits = [_counted(bar, fit_and_score(train_x[rows], train_y[rows], test_x, test_y, best, factory,
+        refits = [_counted(bar, fit_and_score(read_rows(train_x, rows), train_y[rows], test_x, test_y, best, factory,
                                               cfg.standardize, rows_of(fit_views, rows), test_views,
                                               cfg.row_precision))
                   for rows in pools]
@@ -208,10 +208,10 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     draw = lambda k: pool_rows[class_balanced_draw(train_y[pool_rows], labels_per_class,  # noqa: E731
                                                    np.random.default_rng([seed, k]))]
     start = time.perf_counter()
-    val_x, val_y = train_x[val_rows], train_y[val_rows]
+    val_x, val_y = read_rows(train_x, val_rows), train_y[val_rows]
     val_x_views = None if val_views is None else val_views[val_rows]
     fit = lambda rows, x, y, C, x_views: fit_and_score(  # noqa: E731
-        train_x[rows], train_y[rows], x, y, C, factory, cfg.standardize,
+        read_rows(train_x, rows), train_y[rows], x, y, C, factory, cfg.standardize,
         None if fit_views is None else fit_views[rows], x_views, cfg.row_precision)
     with progress(len(cfg.c_grid) * val_draws, f"SVM: {val_draws} validation draws per C") as bar:
         val_fits = {C: [_counted(bar, fit(rows, val_x, val_y, C, val_x_views)) for rows in map(draw, range(val_draws))]

@@ -84,12 +84,13 @@ def standardise(train: np.ndarray, *others: np.ndarray, copy: bool = True, enabl
 class FittingViews:
     """Other views of the same images, each an array row-aligned with their features: for fitting rows the mirror
     (``svm.train_hflip``) and shifted copies (``svm.train_translate``); for scored rows the mirror
-    (``svm.score_hflip``) and shifted copies (``svm.score_translate``). ``views[rows]`` takes those rows of each."""
+    (``svm.score_hflip``) and shifted copies (``svm.score_translate``). ``views[rows]`` reads those rows of each
+    (:func:`read_rows`, so a memory-mapped cache's pages are not left mapped)."""
 
     arrays: tuple[np.ndarray, ...]
 
     def __getitem__(self, rows: np.ndarray) -> FittingViews:
-        return FittingViews(tuple(array[rows] for array in self.arrays))
+        return FittingViews(tuple(read_rows(array, rows) for array in self.arrays))
 
 
 def view_arrays(views: FittingViews | np.ndarray | None) -> tuple[np.ndarray, ...]:

@@ -268,6 +268,9 @@ def test_read_rows_from_a_memory_mapped_cache_matches_fancy_indexing(tmp_path, m
     out = np.zeros((len(rows), 7), np.float32)
     assert svm_module.read_rows(mapped, rows, out=out) is out and np.array_equal(out, data[rows])
     assert np.array_equal(svm_module.read_rows(data, rows), data[rows])  # in-memory input
+    # other views taken by rows (the per-class and SVHN protocols' draws) go through the same reads
+    taken = svm_module.FittingViews((mapped, data))[rows].arrays
+    assert all(type(a) is np.ndarray and np.array_equal(a, data[rows]) for a in taken)
 
 
 def test_plain_cg_converges_in_as_many_steps_as_the_hessian_has_distinct_eigenvalues():
