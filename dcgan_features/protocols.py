@@ -150,6 +150,11 @@ def class_balanced_draw(labels: np.ndarray, per_class: int, rng: np.random.Gener
     return np.sort(np.concatenate(rows))
 
 
+def rows_of(views, rows: np.ndarray):
+    """Those rows of other views (a ``FittingViews``), or None where there are none."""
+    return None if views is None else views[rows]
+
+
 def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factory: ClassifierFactory,
                   labels_per_class: int, draws: int, fit_views=None, val_views=None, test_views=None) -> dict:
     """``draws`` class-balanced draws of ``labels_per_class`` labelled images; C by the mean validation accuracy
@@ -160,7 +165,6 @@ def run_per_class(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
     start = time.perf_counter()
     pools = [class_balanced_draw(train_y, labels_per_class, np.random.default_rng([seed, d])) for d in range(draws)]
     # Selection: every draw's own validation split, C by the mean validation accuracy over draws.
-    rows_of = lambda views, rows: None if views is None else views[rows]  # noqa: E731
     with progress(draws, f"SVM: C sweep on each of {draws} draws") as bar:
         tables = [_counted(bar, select_c(read_rows(train_x, rows), train_y[rows], cfg, seed + d, factory,
                                          rows_of(fit_views, rows), scoring_views=rows_of(val_views, rows)).table)
@@ -209,10 +213,10 @@ def run_svhn_1000(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, f
                                                    np.random.default_rng([seed, k]))]
     start = time.perf_counter()
     val_x, val_y = read_rows(train_x, val_rows), train_y[val_rows]
-    val_x_views = None if val_views is None else val_views[val_rows]
+    val_x_views = rows_of(val_views, val_rows)
     fit = lambda rows, x, y, C, x_views: fit_and_score(  # noqa: E731
         read_rows(train_x, rows), train_y[rows], x, y, C, factory, cfg.standardize,
-        None if fit_views is None else fit_views[rows], x_views, cfg.row_precision)
+        rows_of(fit_views, rows), x_views, cfg.row_precision)
     with progress(len(cfg.c_grid) * val_draws, f"SVM: {val_draws} validation draws per C") as bar:
         val_fits = {C: [_counted(bar, fit(rows, val_x, val_y, C, val_x_views)) for rows in map(draw, range(val_draws))]
                     for C in sorted(cfg.c_grid)}
