@@ -2,9 +2,10 @@
 Data-Efficient GAN Training").
 
 The same random transformations are applied to real and generated images every time D sees them, in D's update
-and in G's, and they are differentiable in the image, so G is trained through them. D then learns from translated,
-cut-out and recoloured images without G learning to produce them. Every draw comes from the ``torch.Generator``
-passed in (the run's checkpointed noise generator), so a resumed run replays the same augmentations.
+and in G's, and they are differentiable in the image, so G is trained through them. D then learns from mirrored,
+translated, cut-out and recoloured images without G learning to produce them. Every draw comes from the
+``torch.Generator`` passed in (the run's checkpointed noise generator), so a resumed run replays the same
+augmentations.
 
 A policy is a tuple of names from :data:`AUGMENTATIONS`, applied in that order.
 """
@@ -30,6 +31,13 @@ def color(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     x = (x - mean) * (_uniform(n, rng, x) * 2) + mean
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     return (x - mean) * (_uniform(n, rng, x) + 0.5) + mean
+
+
+def flip(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
+    """Mirror each image left to right with probability 1/2 (AFV's flips of real and generated images alike;
+    ``train.mirror_real`` flips real images only, and before D's update rather than inside it)."""
+    mirrored = _uniform(x.shape[0], rng, x) < 0.5  # (n, 1, 1, 1)
+    return torch.where(mirrored, x.flip(3), x)
 
 
 def translation(x: torch.Tensor, rng: torch.Generator, ratio: float = 0.125) -> torch.Tensor:
@@ -73,7 +81,7 @@ def shifted_copy(images: torch.Tensor, max_shift: int, seed: int) -> torch.Tenso
     return torch.cat([translation(part, rng, ratio) for part in images.split(SHIFT_CHUNK)]).contiguous()
 
 
-AUGMENTATIONS = {"color": color, "translation": translation, "cutout": cutout}
+AUGMENTATIONS = {"color": color, "flip": flip, "translation": translation, "cutout": cutout}
 
 
 def diff_augment(x: torch.Tensor, policy: tuple[str, ...], rng: torch.Generator) -> torch.Tensor:

@@ -35,7 +35,7 @@ SOLVERS = ("torch", "liblinear")
 BN_STATS = ("running", "data")
 POOLS = ("max", "avg")
 GAN_LOSSES = ("bce", "hinge")
-AUGMENTATIONS = ("color", "translation", "cutout")  # DiffAugment's, in augment.py
+AUGMENTATIONS = ("color", "flip", "translation", "cutout")  # DiffAugment's, in augment.py
 HESSIAN_PRECISIONS = ("float32", "bfloat16", "auto")  # auto: runtime.settled_hessian_precision
 ROW_PRECISIONS = ("float32", "bfloat16")  # svm.row_precision: how the SVM's fitting rows are held
 SELECTIONS = ("final", "best-probe", "ema")  # which D of a run: its last, its best probe, its weights' moving average
@@ -160,7 +160,8 @@ class TrainConfig:
     probe_tol: float = 1e-3
     probe_preconditioner_rank: int = 64
     # The objective (losses.py): "bce" (the paper's) or "hinge"; DiffAugment policy on every image D sees (augment.py,
-    # e.g. ["translation", "cutout"]); weight of the self-supervised rotation loss on real images (0: off).
+    # e.g. ["translation", "cutout"], or AFV's ["flip", "translation"]); weight of the self-supervised rotation loss
+    # on real images (0: off).
     loss: str = "bce"
     diffaugment: tuple[str, ...] = ()
     rotation_weight: float = 0.0

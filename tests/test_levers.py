@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dcgan_features.train as train_module
-from dcgan_features.augment import AUGMENTATIONS, cutout, diff_augment, translation
+from dcgan_features.augment import AUGMENTATIONS, cutout, diff_augment, flip, translation
 from dcgan_features.checkpoint import load_checkpoint, load_discriminator
 from dcgan_features.config import AUGMENTATIONS as CONFIG_AUGMENTATIONS
 from dcgan_features.config import apply_overrides
@@ -29,8 +29,8 @@ def rng(seed=0):
 
 def test_the_config_names_every_augmentation_and_refuses_unknown_ones(tiny_config):
     assert set(CONFIG_AUGMENTATIONS) == set(AUGMENTATIONS)
-    with pytest.raises(UserError, match="unknown augmentation 'flip'"):
-        apply_overrides(tiny_config, {"train.diffaugment": ["flip"]})
+    with pytest.raises(UserError, match="unknown augmentation 'mirror'"):
+        apply_overrides(tiny_config, {"train.diffaugment": ["mirror"]})
     with pytest.raises(UserError, match="train.loss"):
         apply_overrides(tiny_config, {"train.loss": "wasserstein"})
 
@@ -45,6 +45,15 @@ def test_translation_moves_a_pixel_by_at_most_an_eighth_and_fills_with_zeros():
     assert out.sum(dim=(1, 2, 3)).eq(1).all()  # the pixel stays, nothing else appears
     assert dy.abs().max() == 2 and dx.abs().max() == 2  # 16 / 8, and every shift is drawn over 200 images
     assert (dy != 0).any() and (dx != dy).any()
+
+
+def test_flip_mirrors_about_half_the_images_and_leaves_the_rest():
+    x = torch.rand(400, 3, 8, 8)
+    out = flip(x, rng())
+    mirrored = (out == x.flip(3)).flatten(1).all(1)
+    kept = (out == x).flatten(1).all(1)
+    assert (mirrored ^ kept).all()  # each image whole, either way (random images are never symmetric)
+    assert 150 < int(mirrored.sum()) < 250
 
 
 def test_cutout_zeros_at_most_a_half_size_square():
