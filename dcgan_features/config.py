@@ -165,6 +165,10 @@ class TrainConfig:
     loss: str = "bce"
     diffaugment: tuple[str, ...] = ()
     rotation_weight: float = 0.0
+    # ContraD's term on real images (contrastive.py): SimCLR's NT-Xent on two strong views of each real image, through
+    # a projection head of D's last map, weighted into D's loss (0: off); its softmax temperature (ContraD's 0.1).
+    contrastive_weight: float = 0.0
+    contrastive_temperature: float = 0.1
     # An exponential moving average of D's weights and batch-norm statistics, updated after every D step and written
     # as discriminator_ema.pt (evaluate --select ema); 0: off. It never feeds back into training: D trains the same.
     ema_decay: float = 0.0
@@ -187,7 +191,8 @@ class TrainConfig:
         check_positive(self, "train", ("lr", "probe_tol"))
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
             raise UserError(f"train.beta1 and train.beta2 must lie in [0, 1), got {self.beta1} and {self.beta2}")
-        check_off_or_positive(self, "train", ("collapse_loss", "rotation_weight", "lr_d"))
+        check_off_or_positive(self, "train", ("collapse_loss", "rotation_weight", "lr_d", "contrastive_weight"))
+        check_positive(self, "train", ("contrastive_temperature",))
         if not isinstance(self.bf16, bool) and self.bf16 != "auto":
             raise UserError(f'train.bf16 must be true, false or "auto", got {self.bf16!r}')
         if self.probe_every < 0 or self.probe_images < 20 or not self.probe_c > 0:

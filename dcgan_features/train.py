@@ -38,6 +38,7 @@ from .checkpoint import (
     load_checkpoint,
 )
 from .config import Config, TrainConfig
+from .contrastive import contrastive_loss
 from .data import ImageSet, load_images, to_model_range
 from .distributed import (
     World,
@@ -193,7 +194,8 @@ def train_epoch(state: TrainingState, data: ImageSet, config: Config, device: to
 
 def train_step(state: TrainingState, real: torch.Tensor, config: Config, device: torch.device) -> dict:
     """One discriminator and one generator update with ``train.loss`` (the paper's non-saturating BCE by default),
-    D's inputs augmented by ``train.diffaugment`` and D's loss joined by the rotation task when configured."""
+    D's inputs augmented by ``train.diffaugment`` and D's loss joined by the rotation task and the contrastive term
+    when configured."""
     g, d, tc = state.generator, state.discriminator, config.train
     # The global batch's z, of which this rank takes its share: the same draws whatever the number of processes.
     z = shard(sample_noise(real.shape[0] * current_world().size, config.model, state.noise_rng),
@@ -207,9 +209,12 @@ def train_step(state: TrainingState, real: torch.Tensor, config: Config, device:
         loss_d = discriminator_loss(tc.loss, logits_real.float(), logits_fake.float())
         if state.rotation_head is not None:
             loss_d = loss_d + tc.rotation_weight * rotation_loss(d, state.rotation_head, real, state.noise_rng)
+        if state.contrastive_head is not None:
+            loss_d = loss_d + tc.contrastive_weight * contrastive_loss(
+                d, state.contrastive_head, real, state.noise_rng, tc.contrastive_temperature)
     state.opt_d.zero_grad(set_to_none=True)
     loss_d.backward()
-    average_gradients(d, *([state.rotation_head] if state.rotation_head is not None else []))
+    average_gradients(d, *(h for h in (state.rotation_head, state.contrastive_head) if h is not None))
     state.opt_d.step()
     if state.discriminator_ema is not None:
         update_ema(state.discriminator_ema, d, tc.ema_decay)

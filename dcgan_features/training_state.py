@@ -12,6 +12,7 @@ import torch
 
 from .checkpoint import load_state, save_checkpoint
 from .config import Config
+from .contrastive import ProjectionHead
 from .distributed import check_consistent, current_world, gather_states, globalise_batchnorm
 from .errors import UserError
 from .losses import RotationHead
@@ -38,6 +39,7 @@ class TrainingState:
     train_seconds: float = 0.0  # wall time spent training, summed over resumes
     best_probe: float = -1.0  # the best online probe accuracy so far (train.probe_every)
     rotation_head: RotationHead | None = None  # with train.rotation_weight; trained with D, not a feature
+    contrastive_head: ProjectionHead | None = None  # with train.contrastive_weight; the same
     discriminator_ema: Discriminator | None = None  # with train.ema_decay: the moving average of D (update_ema)
     provenance: list = field(default_factory=list)  # one entry per process that trained: commit, command, start
 
@@ -54,6 +56,8 @@ class TrainingState:
             "low_loss_since": self.low_loss_since, "train_seconds": round(self.train_seconds, 1),
             "best_probe": self.best_probe,
             **({"rotation_head": cpu(self.rotation_head.state_dict())} if self.rotation_head is not None else {}),
+            **({"contrastive_head": cpu(self.contrastive_head.state_dict())}
+               if self.contrastive_head is not None else {}),
             **({"discriminator_ema": cpu(self.discriminator_ema.state_dict())}
                if self.discriminator_ema is not None else {}),
             "provenance": self.provenance, "world_size": len(rank_rng),
@@ -82,16 +86,15 @@ def new_state(config: Config, device: torch.device) -> TrainingState:
     # The fused Adam kernel updates each tensor in one pass over its memory, where the default loop on
     # CPU makes several: the same update, and a visible share of a small model's step time.
     fused = device.type in ("cpu", "cuda")
-    head = None
-    if tc.rotation_weight > 0:
-        channels, size, _ = d.block_shapes[list(d.block_shapes)[-1]]
-        head = RotationHead(channels, size).to(device)
-    d_params = [*d.parameters(), *(head.parameters() if head is not None else ())]
+    channels, size, _ = d.block_shapes[list(d.block_shapes)[-1]]
+    head = RotationHead(channels, size).to(device) if tc.rotation_weight > 0 else None
+    projection = ProjectionHead(channels).to(device) if tc.contrastive_weight > 0 else None
+    d_params = [*d.parameters(), *(p for h in (head, projection) if h is not None for p in h.parameters())]
     return TrainingState(
         generator=g, discriminator=d,
         opt_g=torch.optim.Adam(g.parameters(), lr=tc.lr, betas=(tc.beta1, tc.beta2), fused=fused),
         opt_d=torch.optim.Adam(d_params, lr=tc.lr * tc.d_lr_ratio, betas=(tc.beta1, tc.beta2), fused=fused),
-        rotation_head=head, discriminator_ema=ema,
+        rotation_head=head, contrastive_head=projection, discriminator_ema=ema,
         noise_rng=seeded_generator(tc.seed, 1),
         fixed_noise=sample_noise(tc.num_samples, config.model, seeded_generator(tc.seed, 2)),
     )
@@ -103,6 +106,8 @@ def restore_state(payload: dict, config: Config, device: torch.device, source: s
     load_state(state.discriminator, payload["discriminator"], source, "discriminator")
     if state.rotation_head is not None:
         load_state(state.rotation_head, payload["rotation_head"], source, "rotation head")
+    if state.contrastive_head is not None:
+        load_state(state.contrastive_head, payload["contrastive_head"], source, "contrastive head")
     if state.discriminator_ema is not None:
         load_state(state.discriminator_ema, payload["discriminator_ema"], source, "moving-average discriminator")
     state.opt_g.load_state_dict(payload["opt_g"])

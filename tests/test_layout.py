@@ -6,9 +6,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "dcgan_features"
 # Helpers first, then the pipeline's stages in the order data moves through them.
 ORDER = ["errors", "config", "runtime", "distributed", "artifacts", "runlock", "data", "models", "checkpoint",
-         "augment", "losses", "training_state", "run_folder", "train", "dcgan_code", "features", "cache_admin",
-         "fisher", "svm_rows", "svm", "knn", "protocols", "probe", "records", "evaluate", "report", "released", "api",
-         "export", "ablations", "analysis", "cli", "__main__", "__init__"]
+         "augment", "contrastive", "losses", "training_state", "run_folder", "train", "dcgan_code", "features",
+         "cache_admin", "fisher", "svm_rows", "svm", "knn", "protocols", "probe", "records", "evaluate", "report",
+         "released", "api", "export", "ablations", "analysis", "cli", "__main__", "__init__"]
 SUBPACKAGES = ["analysis"]  # a stage made of several modules: they may import each other and earlier stages
 
 

@@ -19,8 +19,9 @@ from dcgan_features.losses import discriminator_loss, generator_loss, rotate
 from dcgan_features.models import Discriminator
 from dcgan_features.train import pretrain
 
-ALL_LEVERS = {"train.diffaugment": ["translation", "cutout", "color"], "train.rotation_weight": 1.0,
-              "train.loss": "hinge", "model.d_spectral_norm": True, "train.lr_d": 4e-4}
+ALL_LEVERS = {"train.diffaugment": ["flip", "translation", "cutout", "color"], "train.rotation_weight": 1.0,
+              "train.loss": "hinge", "model.d_spectral_norm": True, "train.lr_d": 4e-4,
+              "train.contrastive_weight": 1.0}
 
 
 def rng(seed=0):
@@ -151,7 +152,7 @@ def test_a_run_with_every_lever_resumes_bitwise_and_evaluates(tiny_config, tmp_p
     interrupted_pretrain(config, tmp_path / "resumed", at=11)  # the last checkpoint was at step 9
     pretrain(config, tmp_path / "resumed", echo=lambda s: None)
     a, b = (load_checkpoint(tmp_path / run / "checkpoint.pt") for run in ("straight", "resumed"))
-    for part in ("generator", "discriminator", "rotation_head"):
+    for part in ("generator", "discriminator", "rotation_head", "contrastive_head"):
         assert a[part].keys() == b[part].keys() and all(torch.equal(a[part][k], b[part][k]) for k in a[part])
     d, stored = load_discriminator(load_checkpoint(tmp_path / "straight" / "discriminator.pt"), "d")
     assert stored.model.d_spectral_norm and d(torch.rand(2, 3, 32, 32)).shape == (2,)
