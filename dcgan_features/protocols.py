@@ -42,7 +42,7 @@ from .svm import (
     select_c,
     starting_from,
 )
-from .svm_rows import fitting_matrix, read_rows, scaled, view_arrays
+from .svm_rows import fitting_matrix, read_rows, scaled_views
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ def run_full(train_x, train_y, test_x, test_y, cfg: SvmConfig, seed: int, factor
         bar.update(1)
     refit_s = time.perf_counter() - start
     del X
-    views = [scaled(read_rows(array, np.arange(len(test_y))), scaler) for array in (test_x, *view_arrays(test_views))]
+    views = scaled_views(test_x, test_views, np.arange(len(test_y)), scaler)
     fits = fit_log("sweep", selection.table) + fit_log("refit", [{"C": selection.best_c, **convergence(model)}])
     return Outcome(float(np.mean(predict_views(model, *views) == test_y)), selection.best_c, selection.table,
                    selection.at_grid_edge, fits, int(len(train_y)), selection.n_fit, selection.n_val,

@@ -30,7 +30,7 @@ from sklearn.svm import LinearSVC
 from .config import SvmConfig
 from .errors import UserError
 from .runtime import progress, settled_hessian_precision
-from .svm_rows import FittingViews, fitting_matrix, read_rows, scaled, view_arrays
+from .svm_rows import FittingViews, fitting_matrix, scaled_views
 
 
 class TorchL2SVM(ClassifierMixin, BaseEstimator):
@@ -303,7 +303,7 @@ def select_c(features: np.ndarray, labels: np.ndarray, cfg: SvmConfig, seed: int
     under ``svm.score_translate``) score each validation row by the mean decision over all its views."""
     fit_rows, val_rows = validation_split(labels, cfg.val_fraction, seed)
     x_fit, y_fit, scaler = fitting_matrix(features, labels, fit_rows, fit_views, cfg.standardize, cfg.row_precision)
-    val_views = [scaled(read_rows(array, val_rows), scaler) for array in (features, *view_arrays(scoring_views))]
+    val_views = scaled_views(features, scoring_views, val_rows, scaler)
     return sweep_c(x_fit, y_fit, val_views[0], labels[val_rows], cfg, factory, label, val_views[1:])
 
 
@@ -391,7 +391,7 @@ def fit_and_score(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, 
     by each test image's mean decision over all its views."""
     x_train, y_train, scaler = fitting_matrix(train_x, train_y, np.arange(len(train_y)), fit_views, standardize,
                                               row_precision)
-    x_test = [scaled(read_rows(array, np.arange(len(test_y))), scaler) for array in (test_x, *view_arrays(test_views))]
+    x_test = scaled_views(test_x, test_views, np.arange(len(test_y)), scaler)
     start = time.perf_counter()
     model = factory(C).fit(x_train, y_train)
     fit_seconds = time.perf_counter() - start

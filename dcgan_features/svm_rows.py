@@ -100,6 +100,13 @@ def view_arrays(views: FittingViews | np.ndarray | None) -> tuple[np.ndarray, ..
     return views.arrays if isinstance(views, FittingViews) else (views,)
 
 
+def scaled_views(features: np.ndarray, views: FittingViews | np.ndarray | None, rows: np.ndarray,
+                 scaler: StandardScaler | None) -> list[np.ndarray]:
+    """``rows`` of ``features`` and of each of its other ``views``, read (:func:`read_rows`) and standardised by
+    ``scaler``: the scored rows of an image, one array per view, for :func:`predict_views`."""
+    return [scaled(read_rows(array, rows), scaler) for array in (features, *view_arrays(views))]
+
+
 def training_rows(features: np.ndarray, labels: np.ndarray, rows: np.ndarray,
                   views: FittingViews | np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The rows an SVM is fitted on: ``features[rows]`` as float32, followed, when ``views`` (other views of the
