@@ -36,7 +36,7 @@ from .records import (
     result_path,
     unfinished,
 )
-from .runtime import resolve_device, settled_hessian_precision
+from .runtime import peak_resident_gb, resolve_device, settled_hessian_precision
 from .svm import make_classifier
 from .svm_rows import FittingViews
 
@@ -162,7 +162,8 @@ def evaluate(checkpoint: str | Path | None, settings: EvalConfig = EvalConfig(),
         return {}  # under torchrun: this rank's share of the features went to rank 0, which fits the SVM
     outcome = run_protocol(run, features, device)
     warn_about(outcome, echo)
-    timings.update(outcome.timings, total_s=round(time.perf_counter() - started, 2))
+    # peak_rss_gb: the whole process's, so with several --seeds it covers the seeds evaluated before this one too
+    timings.update(outcome.timings, total_s=round(time.perf_counter() - started, 2), peak_rss_gb=peak_resident_gb())
     record["recipe"] = recipe_of(run.subject.payload, config_path, run.subject.baseline)
     result = build_result(run, outcome, features["train"], features.get("test"), spec, record, timings, device,
                           origin)

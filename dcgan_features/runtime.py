@@ -95,6 +95,17 @@ def settled_bf16(bf16: bool | str, device: torch.device) -> bool:
     return native_bfloat16(device) if bf16 == "auto" else bool(bf16)
 
 
+def peak_resident_gb() -> float | None:
+    """This process's peak resident memory so far, in GB (10^9 bytes), as the kernel counts it (the pages of a
+    memory-mapped cache it touched included); None where the platform does not say (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return round(peak * (1 if sys.platform == "darwin" else 1024) / 1e9, 2)
+
+
 def cpu_description() -> str:
     """The CPU's model, the vector unit torch dispatches to and the speed-relevant flags, for provenance."""
     model = platform.processor() or platform.machine()

@@ -45,6 +45,7 @@ def test_pretrain_evaluate_report_end_to_end(dataset, extra, tmp_path):
     assert result["chosen_C"] in (1e-3, 1e-1) and len(result["validation"]) == 2
     assert result["checkpoint"]["sha256"] and result["git_commit"] and result["command"].startswith("dcgan-features")
     assert result["config"]["model"]["width"] == 8 and result["timings"]["total_s"] > 0
+    assert 0.05 < result["timings"]["peak_rss_gb"] < 100  # the process's peak resident memory, torch and all
     # a second evaluate reuses the result instead of overwriting it
     again = run_cli(*evaluate, cwd=tmp_path)
     assert again.count("already evaluated") == 2
