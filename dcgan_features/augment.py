@@ -23,6 +23,12 @@ def _uniform(n: int, rng: torch.Generator, x: torch.Tensor) -> torch.Tensor:
     return torch.rand(n, 1, 1, 1, generator=rng).to(device=x.device, dtype=x.dtype)
 
 
+def coin(x: torch.Tensor, rng: torch.Generator, p: float) -> torch.Tensor:
+    """One biased coin per image of x: a bool mask (n, 1, 1, 1) on x's device, True with probability p.
+    Drawn and compared in float32 whatever x's dtype, so a bfloat16 batch gets the same probability."""
+    return (torch.rand(x.shape[0], 1, 1, 1, generator=rng) < p).to(x.device)
+
+
 def color(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """Random brightness (+-0.5), saturation (x0 to x2) and contrast (x0.5 to x1.5) per image, in [-1, 1] units."""
     n = x.shape[0]
@@ -36,8 +42,7 @@ def color(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
 def flip(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """Mirror each image left to right with probability 1/2 (AFV's flips of real and generated images alike;
     ``train.mirror_real`` flips real images only, and before D's update rather than inside it)."""
-    mirrored = _uniform(x.shape[0], rng, x) < 0.5  # (n, 1, 1, 1)
-    return torch.where(mirrored, x.flip(3), x)
+    return torch.where(coin(x, rng, 0.5), x.flip(3), x)
 
 
 def translation(x: torch.Tensor, rng: torch.Generator, ratio: float = 0.125) -> torch.Tensor:

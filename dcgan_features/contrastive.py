@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import color, flip
+from .augment import coin, color, flip
 
 PROJECTION_DIM = 128  # SimCLR's and ContraD's
 
@@ -61,10 +61,8 @@ def resized_crop(x: torch.Tensor, rng: torch.Generator, min_area: float = 0.2) -
 def strong_view(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """One SimCLR view of each image (N, C, H, W) in [-1, 1]: crop, flip, colour jitter (p 0.8), grey (p 0.2)."""
     x = flip(resized_crop(x, rng), rng)
-    jitter = (torch.rand(x.shape[0], 1, 1, 1, generator=rng) < 0.8).to(x.device)
-    x = torch.where(jitter, color(x, rng), x)
-    grey = (torch.rand(x.shape[0], 1, 1, 1, generator=rng) < 0.2).to(x.device)
-    return torch.where(grey, x.mean(dim=1, keepdim=True).expand_as(x), x)
+    x = torch.where(coin(x, rng, 0.8), color(x, rng), x)
+    return torch.where(coin(x, rng, 0.2), x.mean(dim=1, keepdim=True).expand_as(x), x)
 
 
 def nt_xent(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:

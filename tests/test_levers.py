@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import dcgan_features.train as train_module
-from dcgan_features.augment import AUGMENTATIONS, cutout, diff_augment, flip, translation
+from dcgan_features.augment import AUGMENTATIONS, coin, cutout, diff_augment, flip, translation
 from dcgan_features.checkpoint import load_checkpoint, load_discriminator
 from dcgan_features.config import AUGMENTATIONS as CONFIG_AUGMENTATIONS
 from dcgan_features.config import apply_overrides
@@ -55,6 +55,15 @@ def test_flip_mirrors_about_half_the_images_and_leaves_the_rest():
     kept = (out == x).flatten(1).all(1)
     assert (mirrored ^ kept).all()  # each image whole, either way (random images are never symmetric)
     assert 150 < int(mirrored.sum()) < 250
+
+
+def test_coin_draws_the_same_mask_for_a_bfloat16_batch_at_its_probability():
+    x = torch.zeros(4000, 3, 2, 2)
+    mask = coin(x, rng(), 0.8)
+    assert mask.shape == (4000, 1, 1, 1) and mask.dtype == torch.bool
+    assert torch.equal(mask, coin(x.bfloat16(), rng(), 0.8))  # compared in float32: bfloat16 would round 0.799 up
+    assert 0.78 < mask.float().mean() < 0.82
+    assert not coin(x, rng(), 0.0).any() and coin(x, rng(), 1.0).all()
 
 
 def test_cutout_zeros_at_most_a_half_size_square():
