@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from .artifacts import atomic_path
-from .config import Config, read_config_file
+from .config import Config, load_config, read_config_file
 from .errors import UserError
 from .records import (
     CHECKS_DIR,
@@ -48,11 +48,12 @@ def load_validation_results(folder: str | Path) -> list[dict[str, Any]]:
 
 
 def changes(result: dict[str, Any], reference: Config) -> str:
-    """The keys in which ``result``'s experiment differs from ``reference``, as ``key=value``; the epochs it
-    trained when they differ from the reference's epoch count, and an unfinished run's position."""
+    """The keys in which ``result``'s experiment differs from ``reference`` (a reference's ``"auto"`` matches any
+    value: what the machine chose), as ``key=value``; the epochs it trained when they differ from the reference's
+    epoch count, and an unfinished run's position."""
     ours, theirs = flat_config(result["config"]), flat_config(reference.to_dict())
     ignored = {*NOT_EXPERIMENT_KEYS, "train.epochs", "data.dataset"}
-    keys = [k for k in ours if k not in ignored and ours[k] != theirs.get(k)]
+    keys = [k for k in ours if k not in ignored and theirs.get(k) not in (ours[k], "auto")]  # "auto": the machine's
     parts = [f"{k}={json.dumps(ours[k], separators=(',', ':'))}" for k in keys]
     if result.get("baseline"):
         parts.insert(0, f"{result['baseline']} baseline")
@@ -75,16 +76,42 @@ def commands(result: dict[str, Any]) -> tuple[str, str]:
     return f"{first.get('command') or '?'} && {evaluation}", f"{(first.get('git_commit') or '?')[:7]} / {commit}"
 
 
-def ablation_rows(results: list[dict[str, Any]], reference: Config) -> pd.DataFrame:
+def config_files_beside(reference_path: str | Path) -> dict[str, Config]:
+    """The config files in the reference's folder (``configs/*.toml``), as they read now, by file name; files this
+    version cannot read are left out. None when the reference is not a TOML file (a run's ``config.json``)."""
+    reference_path = Path(reference_path)
+    if reference_path.suffix != ".toml":
+        return {}
+    files = {}
+    for path in sorted(reference_path.parent.glob("*.toml")):
+        try:
+            files[path.name] = load_config(path)
+        except UserError:
+            continue
+    return files
+
+
+def nearest_config_file(result: dict[str, Any], files: dict[str, Config]) -> str | None:
+    """``"NAME: CHANGE"`` for the config file from which ``result`` differs in the fewest keys (ties: the file its
+    recipe is named after, then by name), CHANGE as :func:`changes` words it; None without files."""
+    recipe_file = result["recipe"]["name"].split(" ")[0]
+    ranked = sorted(((len(change.split("; ")) if change != "reference" else 0, name != recipe_file, name, change)
+                     for name, config in files.items() for change in [changes(result, config)]))
+    return f"{ranked[0][2]}: {ranked[0][3]}" if ranked else None
+
+
+def ablation_rows(results: list[dict[str, Any]], reference: Config,
+                  config_files: dict[str, Config] | None = None) -> pd.DataFrame:
     """One row per experiment: mean and sample std of validation accuracy over its results, and their
-    pretraining wall time, epochs, feature dimension, chosen C, commands and commits."""
+    pretraining wall time, epochs, feature dimension, chosen C, commands and commits; with ``config_files``, the
+    one each row is nearest to and the row's change from it (``nearest``)."""
     records = []
     for r in results:
         command, commit = commands(r)
         pretrain = r.get("pretrain") or {}
         records.append({
             "experiment": identity_hash(experiment_identity(r)), "change": changes(r, reference),
-            "recipe": r["recipe"]["name"],
+            "nearest": nearest_config_file(r, config_files or {}), "recipe": r["recipe"]["name"],
             "epochs": result_epochs(r), "train_s": pretrain.get("train_seconds"),
             "features": r["feature_dim"], "accuracy": 100 * r["validation_accuracy"], "C": r["chosen_C"],
             "pretrain_seed": pretrain.get("seed"), "seed": r["seed"],
@@ -95,7 +122,8 @@ def ablation_rows(results: list[dict[str, Any]], reference: Config) -> pd.DataFr
         raise UserError(f"{len(repeated)} validation results repeat the same experiment and seeds "
                         f"({repeated['change'].iloc[0]}); keep one, or move the others into a '{CHECKS_DIR}/' folder")
     return table.groupby("experiment", sort=False).agg(
-        change=("change", "first"), recipe=("recipe", "first"), epochs=("epochs", "first"), train_s=("train_s", "mean"),
+        change=("change", "first"), nearest=("nearest", "first"), recipe=("recipe", "first"),
+        epochs=("epochs", "first"), train_s=("train_s", "mean"),
         features=("features", "first"), mean=("accuracy", "mean"), std=("accuracy", "std"), n=("accuracy", "size"),
         seeds=("pretrain_seed", _seed_list), eval_seeds=("seed", _seed_list),
         C=("C", lambda c: ",".join(f"{v:g}" for v in sorted(set(c)))), commit=("commit", "first"),
@@ -130,17 +158,19 @@ FOOTNOTE = ("Validation accuracy (%) of the full protocol's C sweep on a stratif
             "results, whose pretraining / evaluation seeds `seeds` lists. Rows are grouped by training length; "
             "rows within {close} point of the best of their length that rest on one result are marked: not ranked "
             "yet. `pretrain min` is the training wall time recorded in the checkpoint. A change too long for the "
-            "table shows, beside a row of the same pretraining with fewer changes, that row's recipe and the keys "
-            "in which it differs from it (else the names of the keys it changed), and is spelt out in its numbered "
-            "note; the CSV beside this file holds every row's whole change, chosen C, commands and commits "
-            "(pretraining / evaluation).")
+            "table shows the config file beside the reference from which the row differs in the fewest keys (as "
+            "the file reads now) and the names of those keys, and is spelt out in its numbered note; a reference's "
+            "`\"auto\"` matches what the machine chose. The CSV beside this file holds every row's whole change, "
+            "chosen C, commands and commits (pretraining / evaluation).")
 
 
 def short_changes(shown: pd.DataFrame) -> tuple[list[str], list[str]]:
-    """Per row, the change as the Markdown shows it: itself when short; else, beside a row of the same pretraining
-    made without ``--set`` (else the one with the fewest changes: its base), the base's recipe name and the keys in
-    which the row differs from it ("no KEY" for a key back at the reference's value); for a base itself, the names
-    of the keys it changed (as many as fit, then how many more). Long changes get a footnote that spells them out."""
+    """Per row, the change as the Markdown shows it: itself when short; else the config file it is nearest to and the
+    names of the keys in which it differs from that file (``nearest``, when the table has it); else, beside a row of
+    the same pretraining made without ``--set`` (else the one with the fewest changes: its base), the base's recipe
+    name and the keys in which the row differs from it ("no KEY" for a key back at the reference's value); for a
+    base itself, the names of the keys it changed (as many as fit, then how many more). Long changes get a footnote
+    that spells them out."""
     parts = [change.split("; ") for change in shown["change"]]
     pretraining = [(epochs, *(p for p in row if p.startswith(("model.", "train."))))
                    for epochs, row in zip(shown["epochs"], parts)]
@@ -156,6 +186,11 @@ def short_changes(shown: pd.DataFrame) -> tuple[list[str], list[str]]:
             shorts.append(change)
             continue
         notes.append(f"[{len(notes) + 1}] {change}")
+        if isinstance(nearest := shown["nearest"].iloc[i] if "nearest" in shown else None, str):
+            name, _, from_file = nearest.partition(": ")
+            added = "" if from_file == "reference" else " + " + ", ".join(_key_names(from_file.split("; ")))
+            shorts.append(f"{name}{added} [{len(notes)}]")
+            continue
         base = bases[pretraining[i]]
         if base != i and len(pretraining[i]) > 1:
             added = _key_names([part for part in parts[i] if part not in parts[base]])
@@ -179,7 +214,8 @@ def write_ablations(folder: str | Path, reference_path: str | Path, out_stem: st
     """Write ``<out_stem>.md`` (readable: short names, footnotes) and ``<out_stem>.csv`` (everything, with the
     whole change, the commands and the commits) from the validation results under ``folder``."""
     reference = Config.from_dict(read_config_file(reference_path), str(reference_path))
-    shown = render_ablations(ablation_rows(load_validation_results(folder), reference))
+    results = load_validation_results(folder)
+    shown = render_ablations(ablation_rows(results, reference, config_files_beside(reference_path)))
     short, notes = short_changes(shown)
     markdown = shown[COLUMNS].assign(change=short).to_markdown(index=False, disable_numparse=True)
     footnotes = "".join(f"\n\n{note}" for note in notes)

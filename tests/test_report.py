@@ -187,6 +187,32 @@ def test_a_long_ablation_change_is_named_by_its_base_rows_recipe_and_what_it_add
     assert shorts[-1] == "cifar10.toml (was cifar10_deep.toml) + no train_hflip [4]"  # a key back at the reference's
 
 
+def test_a_long_ablation_change_is_named_by_the_config_file_it_is_nearest_to(tmp_path):
+    from dcgan_features.ablations import changes, config_files_beside, nearest_config_file, short_changes
+    from dcgan_features.config import load_config
+
+    (tmp_path / "dcgan.toml").write_text("[model]\nd_widths = [64, 128, 256]\n")
+    (tmp_path / "deep.toml").write_text('[model]\nd_widths = [96, 96, 192, 192, 384]\nd_strides = [2, 1, 2, 1, 2]\n'
+                                        'kernel_size = 3\n[train]\nbf16 = "auto"\nrotation_weight = 1.0\n')
+    (tmp_path / "notes.txt").write_text("not a config")
+    files = config_files_beside(tmp_path / "dcgan.toml")
+    assert sorted(files) == ["dcgan.toml", "deep.toml"] and config_files_beside(tmp_path / "config.json") == {}
+    trained = load_config(tmp_path / "deep.toml", {"train.lr_d": 4e-4, "train.bf16": True}).to_dict()
+    result = {"config": trained, "recipe": {"name": "deep.toml"}, "checkpoint": {}}
+    long_change = changes(result, files["dcgan.toml"])
+    assert "train.bf16=true" in long_change and "train.lr_d=0.0004" in long_change  # the reference fixes bf16
+    assert changes(result, files["deep.toml"]) == "train.lr_d=0.0004"  # "auto" matches what the machine chose
+    assert nearest_config_file(result, files) == "deep.toml: train.lr_d=0.0004"
+    as_is = result | {"config": load_config(tmp_path / "deep.toml", {"train.bf16": False}).to_dict()}
+    shown = pd.DataFrame({"change": [long_change, changes(as_is, files["dcgan.toml"]), "model.kernel_size=3"],
+                          "nearest": [nearest_config_file(r, files) for r in (result, as_is)] + ["dcgan.toml: x"],
+                          "recipe": ["deep.toml"] * 3, "epochs": [4, 4, 4],
+                          "command": ["x --set train.lr_d=4e-4", "x", "x"]})
+    shorts, notes = short_changes(shown)
+    assert shorts == ["deep.toml + lr_d [1]", "deep.toml [2]", "model.kernel_size=3"]  # a short change as it is
+    assert notes == [f"[1] {long_change}", f"[2] {shown['change'][1]}"]
+
+
 def test_a_renamed_config_file_is_named_with_its_old_name_when_the_result_is_written(tmp_path):
     from dcgan_features.records import recipe_of
 
