@@ -23,6 +23,7 @@ from .records import (
     CHECKS_DIR,
     NOT_EXPERIMENT_KEYS,
     experiment_identity,
+    file_gives,
     flat_config,
     identity_hash,
     result_epochs,
@@ -53,7 +54,7 @@ def changes(result: dict[str, Any], reference: Config) -> str:
     epoch count, and an unfinished run's position."""
     ours, theirs = flat_config(result["config"]), flat_config(reference.to_dict())
     ignored = {*NOT_EXPERIMENT_KEYS, "train.epochs", "data.dataset"}
-    keys = [k for k in ours if k not in ignored and theirs.get(k) not in (ours[k], "auto")]  # "auto": the machine's
+    keys = [k for k in ours if k not in ignored and not file_gives(theirs.get(k), ours[k])]
     parts = [f"{k}={json.dumps(ours[k], separators=(',', ':'))}" for k in keys]
     if result.get("baseline"):
         parts.insert(0, f"{result['baseline']} baseline")
@@ -78,7 +79,7 @@ def commands(result: dict[str, Any]) -> tuple[str, str]:
 
 def config_files_beside(reference_path: str | Path) -> dict[str, Config]:
     """The config files in the reference's folder (``configs/*.toml``), as they read now, by file name; files this
-    version cannot read are left out. None when the reference is not a TOML file (a run's ``config.json``)."""
+    version cannot read are left out; none when the reference is not a TOML file (a run's ``config.json``)."""
     reference_path = Path(reference_path)
     if reference_path.suffix != ".toml":
         return {}

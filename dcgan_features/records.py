@@ -165,9 +165,15 @@ def recipe_holder(trained_config: dict[str, Any], history: Any) -> Callable[[str
             now = flat_config(load_config(config_file).to_dict())
         except UserError:
             return False
-        return all(now.get(key) in (stored.get(key), "auto") for key in stored.keys() | now.keys() if compared(key))
+        return all(file_gives(now.get(key), stored.get(key)) for key in stored.keys() | now.keys() if compared(key))
 
     return holds
+
+
+def file_gives(file_value: Any, run_value: Any) -> bool:
+    """Whether a config file's value gives a run's stored one: equal, or ``"auto"`` (which the run resolved on its
+    machine, so any value it stored matches)."""
+    return file_value in (run_value, "auto")
 
 
 def _commanded_keys(history: Any) -> set[str]:
