@@ -22,6 +22,7 @@ from .errors import UserError
 from .records import (
     CHECKS_DIR,
     NOT_EXPERIMENT_KEYS,
+    TRAINING_SECTIONS,
     experiment_identity,
     file_gives,
     flat_config,
@@ -29,12 +30,12 @@ from .records import (
     result_epochs,
     unfinished,
 )
-from .report import scan_results
+from .report import RESULT_FILES_HOLD, scan_results, written_by
 
 CLOSE_CALL = 1.0  # points: rows this close to the best row need a second pretraining seed to be ranked
 
 # The Markdown keeps what a reader compares; the whole config diff, the commands and commits are in the CSV.
-COLUMNS = ["change", "epochs", "pretrain min", "features", "val acc (%)", "vs reference", "seeds"]
+COLUMNS = ["change", "epochs", "pretrain min", "features", "val acc (%)", "vs reference", "vs its file's D", "seeds"]
 SHORT_CHANGE = 48  # characters: a longer change is shown as its recipe's name and a footnote
 
 
@@ -117,7 +118,7 @@ def ablation_rows(results: list[dict[str, Any]], reference: Config,
             "features": r["feature_dim"], "accuracy": 100 * r["validation_accuracy"], "C": r["chosen_C"],
             "pretrain_seed": pretrain.get("seed"), "seed": r["seed"],
             "commit": commit, "command": command})
-    table = pd.DataFrame(records)
+    table = pd.DataFrame(records).assign(paired=lambda t: paired_differences(t))
     repeated = table[table.duplicated(["experiment", "pretrain_seed", "seed"], keep=False)]
     if len(repeated):
         raise UserError(f"{len(repeated)} validation results repeat the same experiment and seeds "
@@ -127,8 +128,37 @@ def ablation_rows(results: list[dict[str, Any]], reference: Config,
         epochs=("epochs", "first"), train_s=("train_s", "mean"),
         features=("features", "first"), mean=("accuracy", "mean"), std=("accuracy", "std"), n=("accuracy", "size"),
         seeds=("pretrain_seed", _seed_list), eval_seeds=("seed", _seed_list),
+        paired=("paired", "mean"), pairs=("paired", "count"),
         C=("C", lambda c: ",".join(f"{v:g}" for v in sorted(set(c)))), commit=("commit", "first"),
         command=("command", "first")).reset_index()
+
+
+def shaping_and_read_out(change: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A change's parts that shape D (its ``data.``, ``model.`` and ``train.`` keys, where an unfinished run was
+    taken, a baseline) and the rest: how that D was read out (``features.`` and ``svm.`` keys, EMA or best-probe D)."""
+    parts = () if change == "reference" else tuple(change.split("; "))
+    shaping = tuple(p for p in parts if p.startswith((*(f"{s}." for s in TRAINING_SECTIONS), "D taken at"))
+                    or p.endswith(" baseline"))
+    return shaping, tuple(p for p in parts if p not in shaping)
+
+
+def paired_differences(records: pd.DataFrame) -> pd.Series:
+    """Per result whose D was trained other than by the config file it is nearest to (the reference without
+    files): its accuracy minus that of the file's own D read out the same way, trained for as many epochs with the
+    same pretraining seed and evaluated with the same seed (so on the same validation split, which follows the
+    evaluation seed); NaN without such a result. Averaging these compares two recipes seed by seed, where the rows'
+    means may rest on different seeds and splits."""
+    anchors, own_recipe = [], []
+    for nearest, change in zip(records["nearest"], records["change"]):
+        name, _, from_file = nearest.partition(": ") if isinstance(nearest, str) else ("reference", "", change)
+        shaping, read_out = shaping_and_read_out(from_file)
+        anchors.append((name, read_out))
+        own_recipe.append(not shaping)
+    keys = [(*anchor, e, p, s) for anchor, e, p, s in
+            zip(anchors, records["epochs"], records["pretrain_seed"], records["seed"])]
+    base = {key: accuracy for key, accuracy, own in zip(keys, records["accuracy"], own_recipe) if own}
+    return pd.Series([float("nan") if own else accuracy - base.get(key, float("nan"))
+                      for key, accuracy, own in zip(keys, records["accuracy"], own_recipe)], index=records.index)
 
 
 def _seed_list(seeds: pd.Series) -> str:
@@ -147,6 +177,8 @@ def render_ablations(table: pd.DataFrame) -> pd.DataFrame:
                             if top - m < CLOSE_CALL and k > 1 else "")
                             for m, s, n, top, k in zip(shown["mean"], shown["std"], shown["n"], best, peers)]
     shown["vs reference"] = ["" if base is None else f"{m - base:+.2f}" for m in shown["mean"]]
+    shown["vs its file's D"] = [f"{d:+.2f} ({n} pair{'s' if n > 1 else ''})" if n else ""
+                                for d, n in zip(shown["paired"], shown["pairs"])]
     shown["pretrain min"] = [f"{s / 60:.1f}" if s == s and s is not None else "-" for s in shown["train_s"]]
     shown["seeds"] = shown["seeds"] + " / " + shown.pop("eval_seeds")
     shown["epochs"] = [str(int(e)) if e == e and e is not None else "-" for e in shown["epochs"]]
@@ -162,7 +194,10 @@ FOOTNOTE = ("Validation accuracy (%) of the full protocol's C sweep on a stratif
             "table shows the config file beside the reference from which the row differs in the fewest keys (as "
             "the file reads now) and the names of those keys, and is spelt out in its numbered note; a reference's "
             "`\"auto\"` matches what the machine chose. The CSV beside this file holds every row's whole change, "
-            "chosen C, commands and commits (pretraining / evaluation).")
+            "chosen C, commands and commits (pretraining / evaluation). `vs its file's D` compares a row whose D was "
+            "trained differently from the config file it is nearest to with that file's own D, read out the same "
+            "way: the mean difference over the (pretraining seed, evaluation seed) pairs both rows hold, as the "
+            "validation split follows the evaluation seed; blank where they share none.")
 
 
 def short_changes(shown: pd.DataFrame) -> tuple[list[str], list[str]]:
@@ -220,7 +255,10 @@ def write_ablations(folder: str | Path, reference_path: str | Path, out_stem: st
     short, notes = short_changes(shown)
     markdown = shown[COLUMNS].assign(change=short).to_markdown(index=False, disable_numparse=True)
     footnotes = "".join(f"\n\n{note}" for note in notes)
-    body = (f"Reference config: `{reference_path}`.\n\n{markdown}{footnotes}\n\n{FOOTNOTE.format(close=CLOSE_CALL)}")
+    command = f"dcgan-features ablations {folder} --reference {reference_path} --out {out_stem}"
+    sources = f"{len(results)} validation result files under `{folder}` ({RESULT_FILES_HOLD})"
+    body = (f"{written_by(command, sources)} Reference config: `{reference_path}`.\n\n{markdown}{footnotes}\n\n"
+            f"{FOOTNOTE.format(close=CLOSE_CALL)}")
     out_stem = Path(out_stem)
     md_path, csv_path = out_stem.with_suffix(".md"), out_stem.with_suffix(".csv")
     with atomic_path(md_path) as tmp:

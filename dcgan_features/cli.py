@@ -92,6 +92,10 @@ cache_dir_option = click.option("--cache-dir", type=click.Path(file_okay=False),
 
 dataset_option = click.option("--dataset", type=str, default=None,
                               help=f"Dataset name: {', '.join(DATASETS)}.")
+download_option = click.option("--download", is_flag=True, default=None,
+                               help="Fetch the dataset with torchvision if missing.")
+run_data_root_option = click.option("--data-root", type=str, default=None,
+                                    help="Folder holding the dataset [default: the run's].")
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -105,7 +109,7 @@ def cli() -> None:
               help="TOML config (configs/*.toml); defaults to the run's own config when resuming.")
 @dataset_option
 @click.option("--data-root", type=str, default=None, help="Folder holding the dataset.")
-@click.option("--download", is_flag=True, default=None, help="Fetch the dataset with torchvision if missing.")
+@download_option
 @click.option("--epochs", type=int, default=None)
 @click.option("--batch-size", type=int, default=None)
 @click.option("--seed", type=int, default=None)
@@ -179,8 +183,8 @@ class EvaluateCommand(SeedsCommand):
 @click.option("--checkpoint", type=str, default=None,
               help="A run directory or a checkpoint .pt file (a --baseline may take its architecture from --config).")
 @dataset_option
-@click.option("--data-root", type=str, default=None, help="Folder holding the dataset [default: the run's].")
-@click.option("--download", is_flag=True, default=None, help="Fetch the dataset with torchvision if missing.")
+@run_data_root_option
+@download_option
 @click.option("--protocol", type=ProtocolChoice(), default=EvalConfig.protocol, show_default=True,
               help="The evaluation protocol (each is described under 'Protocols' below).")
 @click.option("--labels-per-class", type=int, default=EvalConfig.labels_per_class,
@@ -236,8 +240,8 @@ def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_clas
 @cli.command()
 @click.option("--checkpoint", required=True, type=str, help="A run directory (its final D) or a checkpoint file.")
 @dataset_option
-@click.option("--data-root", type=str, default=None, help="Folder holding the dataset [default: the run's].")
-@click.option("--download", is_flag=True, default=None, help="Fetch the dataset with torchvision if missing.")
+@run_data_root_option
+@download_option
 @click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True)
 @click.option("--out", required=True, type=click.Path(), help="Folder to write (features.npy, labels.npy, ...).")
 @click.option("--dtype", type=click.Choice(EXPORT_DTYPES), default="float32", show_default=True)

@@ -18,7 +18,7 @@ from .checkpoint import load_checkpoint, load_discriminator
 from .features import PoolingSpec
 from .protocols import PROTOCOLS
 from .records import architecture_name, epochs_trained, read_out, recipe_of
-from .report import render_into_readme, scan_results, score
+from .report import render_into_readme, scan_results, score, written_by
 
 RELEASED_MARKERS = ("<!-- released:begin -->", "<!-- released:end -->")
 COLUMNS = ["file", "trained on", "recipe", "architecture", "epochs", "features", "test accuracy (%)", "sha256"]
@@ -58,10 +58,14 @@ def released_table(results_dir: str | Path) -> pd.DataFrame:
 
 def write_released(results_dir: str | Path, readme: str | Path | None = None) -> tuple[str, Path]:
     """``released.md`` beside the results (and the table in ``readme`` between its released markers)."""
-    markdown = released_table(results_dir).to_markdown(index=False, disable_numparse=True)
+    table = released_table(results_dir)
+    markdown = table.to_markdown(index=False, disable_numparse=True)
     if readme is not None:
         render_into_readme(Path(readme), markdown, RELEASED_MARKERS)
+    command = f"dcgan-features released {results_dir}" + (f" --readme {readme}" if readme else "")
+    files = f"{len(table)} discriminator file{'s' * (len(table) != 1)}"
+    sources = f"the {files} under `{results_dir}` and the result files that scored them"
     path = Path(results_dir) / "released.md"
     with atomic_path(path) as tmp:
-        tmp.write_text(markdown + "\n")
+        tmp.write_text(f"{written_by(command, sources)}\n\n{markdown}\n")
     return markdown, path

@@ -184,7 +184,10 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  readme: str | Path | None = None) -> tuple[str, Path, Path]:
     """Render the report as Markdown and CSV next to the results (or in ``out_dir``), and optionally
     into ``readme`` between its ``<!-- report:begin -->`` and ``<!-- report:end -->`` lines."""
-    table = report_table(load_results(results_dir))
+    command = " ".join(["dcgan-features report", str(results_dir), *(["--out", str(out_dir)] if out_dir else []),
+                        *(["--readme", str(readme)] if readme else [])])
+    results = load_results(results_dir)
+    table = report_table(results)
     out_dir = Path(out_dir or results_dir)
     columns = GROUP_COLUMNS + ["recipe", "accuracy (%)", "draw std", "n", "seeds (pretrain / eval)", "feature_dim"]
     shown = pd.concat([table[columns].astype(str), pd.DataFrame(PAPER_REFERENCE)[columns]], ignore_index=True)
@@ -194,11 +197,21 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
         render_into_readme(Path(readme), body)
     md_path, csv_path = out_dir / "report.md", out_dir / "report.csv"
     with atomic_path(md_path) as tmp:
-        tmp.write_text(body + "\n")
+        sources = f"{len(results)} result files under `{results_dir}` ({RESULT_FILES_HOLD})"
+        tmp.write_text(f"{written_by(command, sources)}\n\n{body}\n")
     with atomic_path(csv_path) as tmp:
         table.drop(columns=["accuracy (%)", "draw std", "seeds (pretrain / eval)"]).to_csv(
             tmp, index=False, float_format="%.4f")
     return markdown, md_path, csv_path
+
+
+RESULT_FILES_HOLD = "each holds its commit, config, checkpoint sha256, seeds and command"
+
+
+def written_by(command: str, sources: str) -> str:
+    """The line a derived table's file opens with: the command that remakes it, and what it was made from (the
+    files that hold each row's provenance)."""
+    return f"Written by `{command}` from {sources}."
 
 
 def render_into_readme(readme: Path, text: str, markers: tuple[str, str] = README_MARKERS) -> None:

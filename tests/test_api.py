@@ -136,6 +136,8 @@ def test_the_released_table_lists_each_discriminator_with_its_results_and_sha256
     sha = dcf.load_extractor(results / "run").sha256
     assert f"`{sha}`" in row and re.search(r"\| full \d+\.\d\d ", row) and "| fake " in row
     assert readme.read_text().endswith("<!-- released:end -->\nkept\n") and "old" not in readme.read_text()
+    assert (results / "released.md").read_text().startswith(
+        f"Written by `dcgan-features released {results} --readme {readme}` from the 1 discriminator file under")
     assert dcf.load_extractor(results / "run" / "discriminator.pt", sha256=sha).feature_dim > 0
     assert "needs one '<!-- released:begin -->'" in fail("released", results, "--readme", tmp_path / "results" /
                                                          "released.md")

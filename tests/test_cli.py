@@ -2,6 +2,8 @@
 
 import importlib
 import json
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -456,6 +458,11 @@ def test_ablation_table_states_each_rows_change_from_the_reference(tmp_path, tin
         changes == ["svm.c_grid=[0.01]", "svm.c_grid=[0.01]; svm.train_hflip=true"]
     csv = out.with_suffix(".csv").read_text()
     assert csv.count("0 / 0,1") == 2 and csv.count(",2,") == 2  # each row: two results (evaluation seeds 0, 1)
+    table = out.with_suffix(".md").read_text()
+    command = re.match(r"Written by `dcgan-features (.+?)` from 4 validation result files under", table)
+    out.with_suffix(".md").unlink()
+    assert CliRunner().invoke(cli, shlex.split(command.group(1))).exit_code == 0
+    assert out.with_suffix(".md").read_text() == table  # the command it names remakes it
     shutil.copy(next((tmp_path / "abl").glob("*seed0.json")), tmp_path / "abl" / "copy.json")
     assert "repeat the same experiment" in fail(*args)
 

@@ -60,6 +60,8 @@ def test_rows_are_named_after_the_config_whatever_the_launcher_and_wherever_the_
     python_m("report", tmp_path / "res", "--out", "table", cwd=tmp_path / "elsewhere")
     rows = (tmp_path / "elsewhere" / "table" / "report.md").read_text().splitlines()
     named = [row for row in rows if row.startswith("| fake ")]
+    assert rows[0] == (f"Written by `dcgan-features report {tmp_path / 'res'} --out table` from 2 result files under "
+                       f"`{tmp_path / 'res'}` (each holds its commit, config, checkpoint sha256, seeds and command).")
     assert len(named) == 2 and all("| tiny_recipe.toml" in row for row in named), rows
 
 

@@ -213,6 +213,31 @@ def test_a_long_ablation_change_is_named_by_the_config_file_it_is_nearest_to(tmp
     assert notes == [f"[1] {long_change}", f"[2] {shown['change'][1]}"]
 
 
+def test_an_ablation_row_is_compared_with_its_files_own_d_seed_by_seed_on_the_same_split():
+    from dcgan_features.ablations import ablation_rows, render_ablations
+
+    def run(pretrain_seed, eval_seed, accuracy, **config):
+        r = result(seed=eval_seed, pretrain__seed=pretrain_seed, validation_accuracy=accuracy,
+                   recipe={"name": "base.toml"})
+        for dotted, value in config.items():
+            section, key = dotted.split("__")
+            r["config"][section][key] = value
+        return r
+
+    recipe = Config.from_dict({"data": {"dataset": "cifar10"}})
+    results = [run(0, 0, 0.70), run(1, 1, 0.72), run(0, 0, 0.73, svm__score_hflip=True),
+               run(0, 0, 0.71, train__lr_d=4e-4), run(1, 0, 0.75, train__lr_d=4e-4),  # (1, 0): no pair, other split
+               run(0, 0, 0.745, train__lr_d=4e-4, svm__score_hflip=True)]
+    shown = render_ablations(ablation_rows(results, recipe, {"base.toml": recipe})).set_index("change")
+    paired = shown["vs its file's D"]
+    assert paired["train.lr_d=0.0004"] == "+1.00 (1 pair)"  # 0.71 - 0.70; its mean (73.00) would say +2.00
+    assert paired["train.lr_d=0.0004; svm.score_hflip=true"] == "+1.50 (1 pair)"  # against the same read-out
+    assert paired["reference"] == paired["svm.score_hflip=true"] == ""  # the file's own D, read two ways
+    assert shown.loc["train.lr_d=0.0004", "pairs"] == 1 and shown.loc["train.lr_d=0.0004", "n"] == 2
+    alone = ablation_rows(results[3:5], recipe, {"base.toml": recipe})  # without the file's own D: nothing to pair
+    assert render_ablations(alone)["vs its file's D"].tolist() == [""]
+
+
 def test_a_renamed_config_file_is_named_with_its_old_name_when_the_result_is_written(tmp_path):
     from dcgan_features.records import recipe_of
 
