@@ -10,6 +10,7 @@ are all built from what it yields, each row from what its result file recorded w
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -184,8 +185,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  readme: str | Path | None = None) -> tuple[str, Path, Path]:
     """Render the report as Markdown and CSV next to the results (or in ``out_dir``), and optionally
     into ``readme`` between its ``<!-- report:begin -->`` and ``<!-- report:end -->`` lines."""
-    command = " ".join(["dcgan-features report", str(results_dir), *(["--out", str(out_dir)] if out_dir else []),
-                        *(["--readme", str(readme)] if readme else [])])
+    command = shlex.join(["dcgan-features", "report", str(results_dir), *(["--out", str(out_dir)] if out_dir else []),
+                          *(["--readme", str(readme)] if readme else [])])
     results = load_results(results_dir)
     table = report_table(results)
     out_dir = Path(out_dir or results_dir)
