@@ -103,6 +103,14 @@ def nearest_config_file(result: dict[str, Any], files: dict[str, Config]) -> str
     return f"{ranked[0][2]}: {ranked[0][3]}" if ranked else None
 
 
+def nearest_parts(nearest: Any) -> tuple[str, str] | None:
+    """The file name and the change of a :func:`nearest_config_file` string; None for a row without one."""
+    if not isinstance(nearest, str):
+        return None
+    name, _, change = nearest.partition(": ")
+    return name, change
+
+
 def ablation_rows(results: list[dict[str, Any]], reference: Config,
                   config_files: dict[str, Config] | None = None) -> pd.DataFrame:
     """One row per experiment: mean and sample std of validation accuracy over its results, and their
@@ -151,7 +159,7 @@ def paired_differences(records: pd.DataFrame) -> pd.Series:
     means may rest on different seeds and splits."""
     anchors, own_recipe = [], []
     for nearest, change in zip(records["nearest"], records["change"]):
-        name, _, from_file = nearest.partition(": ") if isinstance(nearest, str) else ("reference", "", change)
+        name, from_file = nearest_parts(nearest) or ("reference", change)
         shaping, read_out = shaping_and_read_out(from_file)
         anchors.append((name, read_out))
         own_recipe.append(not shaping)
@@ -223,8 +231,8 @@ def short_changes(shown: pd.DataFrame) -> tuple[list[str], list[str]]:
             shorts.append(change)
             continue
         notes.append(f"[{len(notes) + 1}] {change}")
-        if isinstance(nearest := shown["nearest"].iloc[i] if "nearest" in shown else None, str):
-            name, _, from_file = nearest.partition(": ")
+        if nearest := nearest_parts(shown["nearest"].iloc[i] if "nearest" in shown else None):
+            name, from_file = nearest
             added = "" if from_file == "reference" else " + " + ", ".join(_key_names(from_file.split("; ")))
             shorts.append(f"{name}{added} [{len(notes)}]")
             continue
