@@ -121,7 +121,8 @@ def recipe_of(subject_payload: dict[str, Any], eval_config_file: str | Path | No
     """The recipe to store in a new result: for a trained D, the config file its run started from (the first
     training process's); for a baseline, the config file the evaluation was given. Where the D's file is gone or
     no longer holds its recipe (:func:`recipe_holder`: a new default recipe under the old name), the name says
-    both: the sibling file that holds it now, ``cifar10_deep.toml (was cifar10.toml)``; else, for a file gone,
+    both: the sibling file that holds it now, ``cifar10_deep.toml (was cifar10.toml)`` (of several, one that gives
+    the keys the run's commands set too: the file the run's ``--set`` flags became); else, for a file gone,
     the evaluation's config of the same architecture (``evaluate`` refuses any other); else, for a file still
     there, ``cifar10.toml (changed since)``. The name is as it is when written."""
     if baseline:
@@ -138,6 +139,9 @@ def recipe_of(subject_payload: dict[str, Any], eval_config_file: str | Path | No
         return trained
     holders = [] if holds is None else \
         [path for path in sorted(Path(named).parent.glob("*.toml")) if path != Path(named) and holds(path)]
+    if len(holders) > 1:  # first a file that also gives what the commands set, so that it needs no --set
+        gives_all = recipe_holder(stored, None)
+        holders.sort(key=lambda path: not gives_all(path))
     renamed_for_evaluation = eval_config_file and Path(named).name != Path(eval_config_file).name
     if not holders and renamed_for_evaluation and not Path(named).exists():
         holders = [Path(eval_config_file)]

@@ -277,3 +277,21 @@ def test_a_config_file_changed_since_training_hands_its_name_to_the_file_that_no
     assert recipe_of(commanded, None, None)["name"] == "cifar10.toml"
     commanded["provenance"].pop()  # without the resume that set 48 epochs, the file no longer gives the run's config
     assert recipe_of(commanded, None, None)["name"] == "cifar10.toml (changed since)"
+
+
+def test_of_several_files_that_hold_a_run_the_one_that_needs_no_set_flags_names_it(tmp_path):
+    """A run trained as ``--config cifar10.toml --set train.mirror_real=true`` while that file was the deep recipe;
+    the file then became the mirror recipe, and later a third one: both the deep and the mirror file give every key
+    the command left to the file, but only the mirror file gives the flag's too."""
+    from dcgan_features.config import load_config
+    from dcgan_features.records import recipe_of
+
+    default, deep, mirror = (tmp_path / name for name in ("cifar10.toml", "cifar10_deep.toml", "cifar10_mirror.toml"))
+    deep.write_text("[train]\nepochs = 24\n")
+    argv = ["dcgan-features", "pretrain", "--config", str(default), "--set", "train.mirror_real=true"]
+    trained = load_config(deep, {"train.mirror_real": True}).to_dict()
+    payload = {"kind": "final", "config": trained, "provenance": [{"config_file": str(default), "argv": argv}]}
+    default.write_text("[train]\nepochs = 24\nmirror_real = true\nlr_d = 4e-4\n")  # the file moved on twice
+    assert recipe_of(payload, None, None)["name"] == "cifar10_deep.toml (was cifar10.toml)"  # the one holder
+    mirror.write_text("[train]\nepochs = 24\nmirror_real = true\n")  # sorts after deep.toml
+    assert recipe_of(payload, None, None)["name"] == "cifar10_mirror.toml (was cifar10.toml)"
