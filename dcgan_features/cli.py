@@ -26,9 +26,6 @@ from .distributed import shutdown_world
 from .errors import UserError
 from .protocols import PROTOCOLS, EvalConfig
 
-SELECT_HELP = ("Which D of a run directory: the final one, the one its online probe scored best "
-               "(train.probe_every), or the moving average of its weights (train.ema_decay).")
-
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dcgan-features"
@@ -96,6 +93,10 @@ download_option = click.option("--download", is_flag=True, default=None,
                                help="Fetch the dataset with torchvision if missing.")
 run_data_root_option = click.option("--data-root", type=str, default=None,
                                     help="Folder holding the dataset [default: the run's].")
+select_option = click.option("--select", type=click.Choice(SELECTIONS), default=EvalConfig.select, show_default=True,
+                             help="Which D of a run directory: the final one, the one its online probe scored best "
+                                  "(train.probe_every), or the moving average of its weights (train.ema_decay). "
+                                  "What it writes records which.")
 
 
 @click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
@@ -215,8 +216,7 @@ class EvaluateCommand(SeedsCommand):
               help="Evaluation seeds (validation split, label draws, untrained baseline), e.g. --seeds 0 1 2: "
                    "one result file per seed, then the mean ± std.")
 @click.option("--device", type=click.Choice(DEVICES), default=EvalConfig.device, show_default=True)
-@click.option("--select", type=click.Choice(SELECTIONS), default=EvalConfig.select, show_default=True,
-              help=SELECT_HELP + " The result records which.")
+@select_option
 @click.option("--results-dir", type=click.Path(file_okay=False), default="results", show_default=True)
 @cache_dir_option
 @click.option("--force", is_flag=True, help="Recompute and replace an existing result.")
@@ -245,8 +245,7 @@ def evaluate(checkpoint, dataset, data_root, download, protocol, labels_per_clas
 @click.option("--split", type=click.Choice(SPLITS), default="train", show_default=True)
 @click.option("--out", required=True, type=click.Path(), help="Folder to write (features.npy, labels.npy, ...).")
 @click.option("--dtype", type=click.Choice(EXPORT_DTYPES), default="float32", show_default=True)
-@click.option("--select", type=click.Choice(SELECTIONS), default=EvalConfig.select, show_default=True,
-              help=SELECT_HELP)
+@select_option
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
               help="A config whose [data] and [features] keys override the checkpoint's.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)

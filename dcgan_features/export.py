@@ -4,7 +4,8 @@ OUT/features.npy   (N, dim) float32 or float16, written through a memory map as 
                    50,000 x 28,672 export never holds the whole array in memory
 OUT/labels.npy     (N,) int64, where the dataset has labels (an unlabelled image folder has none)
 OUT/indices.npy    (N,) the row of each image in the split, in the order the dataset reads it
-OUT/features.json  the checkpoint and its sha256, the pooling spec, the dataset, split and provenance
+OUT/features.json  the checkpoint, its sha256 and which D it is (--select), the pooling spec, the dataset,
+                   split and provenance
 
 The folder is written whole under a temporary name and renamed into place, so it is complete or absent; an
 existing one is replaced only with ``force``. The features are those ``evaluate`` uses (same loading, batch-norm
@@ -65,7 +66,8 @@ def export_features(checkpoint: str | Path, out: str | Path, *, split: str = "tr
     os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 would hide the export from other users
     try:
         shape = _write_arrays(staging, subject, spec, images, dtype, torch_device, config.features.batch_size)
-        sidecar = {"checkpoint": str(subject.path), "checkpoint_sha256": subject.sha256, "spec": asdict(spec),
+        sidecar = {"checkpoint": str(subject.path), "checkpoint_sha256": subject.sha256,
+                   "selected_by": subject.payload.get("selected_by", "final"), "spec": asdict(spec),
                    "feature_spec": describe(spec, subject), "bn_stats": config.features.bn_stats,
                    "dataset": config.data.dataset, "split": split, "num_images": shape[0], "feature_dim": shape[1],
                    "dtype": dtype, "labels": images.labels is not None, "data_sha256": images.fingerprint(),

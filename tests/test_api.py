@@ -90,6 +90,7 @@ def test_extract_writes_features_labels_indices_and_a_sidecar(tmp_path, tiny_run
     sidecar = json.loads((out / "features.json").read_text())
     assert sidecar["checkpoint_sha256"] == dcf.load_extractor(tiny_run).sha256 and sidecar["split"] == "test"
     assert sidecar["spec"]["grid"] == 4 and sidecar["dataset"] == "fake" and "git_commit" in sidecar
+    assert sidecar["selected_by"] == "final"  # --select's choice, as evaluate's results record it
     assert np.load(out / "labels.npy").shape == (len(features),)
     np.testing.assert_array_equal(np.load(out / "indices.npy"), np.arange(len(features)))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export")]  # no staging folder left
