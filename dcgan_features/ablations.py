@@ -11,7 +11,6 @@ here: the validation protocol never loads the test split.
 from __future__ import annotations
 
 import json
-import shlex
 from pathlib import Path
 from typing import Any
 
@@ -264,8 +263,7 @@ def write_ablations(folder: str | Path, reference_path: str | Path, out_stem: st
     short, notes = short_changes(shown)
     markdown = shown[COLUMNS].assign(change=short).to_markdown(index=False, disable_numparse=True)
     footnotes = "".join(f"\n\n{note}" for note in notes)
-    command = shlex.join(["dcgan-features", "ablations", str(folder), "--reference", str(reference_path), "--out",
-                          str(out_stem)])
+    command = ["ablations", folder, "--reference", reference_path, "--out", out_stem]
     sources = f"{len(results)} validation result files under `{folder}` ({RESULT_FILES_HOLD})"
     body = (f"{written_by(command, sources)} Reference config: `{reference_path}`.\n\n{markdown}{footnotes}\n\n"
             f"{FOOTNOTE.format(close=CLOSE_CALL)}")

@@ -8,7 +8,6 @@ Like the report, it reads what the files hold and nothing else.
 
 from __future__ import annotations
 
-import shlex
 from collections import defaultdict
 from pathlib import Path
 
@@ -63,8 +62,7 @@ def write_released(results_dir: str | Path, readme: str | Path | None = None) ->
     markdown = table.to_markdown(index=False, disable_numparse=True)
     if readme is not None:
         render_into_readme(Path(readme), markdown, RELEASED_MARKERS)
-    command = shlex.join(["dcgan-features", "released", str(results_dir),
-                          *(["--readme", str(readme)] if readme else [])])
+    command = ["released", results_dir, *(["--readme", readme] if readme else [])]
     files = f"{len(table)} discriminator file{'s' * (len(table) != 1)}"
     sources = f"the {files} under `{results_dir}` and the result files that scored them"
     path = Path(results_dir) / "released.md"

@@ -185,8 +185,8 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
                  readme: str | Path | None = None) -> tuple[str, Path, Path]:
     """Render the report as Markdown and CSV next to the results (or in ``out_dir``), and optionally
     into ``readme`` between its ``<!-- report:begin -->`` and ``<!-- report:end -->`` lines."""
-    command = shlex.join(["dcgan-features", "report", str(results_dir), *(["--out", str(out_dir)] if out_dir else []),
-                          *(["--readme", str(readme)] if readme else [])])
+    command = ["report", results_dir, *(["--out", out_dir] if out_dir else []),
+               *(["--readme", readme] if readme else [])]
     results = load_results(results_dir)
     table = report_table(results)
     out_dir = Path(out_dir or results_dir)
@@ -209,10 +209,11 @@ def write_report(results_dir: str | Path, out_dir: str | Path | None = None,
 RESULT_FILES_HOLD = "each holds its commit, config, checkpoint sha256, seeds and command"
 
 
-def written_by(command: str, sources: str) -> str:
-    """The line a derived table's file opens with: the command that remakes it, and what it was made from (the
-    files that hold each row's provenance)."""
-    return f"Written by `{command}` from {sources}."
+def written_by(arguments: list, sources: str) -> str:
+    """The line a derived table's file opens with: the ``dcgan-features`` command that remakes it (``arguments``
+    after the program's name, shell-quoted so that a path with spaces reruns verbatim), and what it was made from
+    (the files that hold each row's provenance)."""
+    return f"Written by `{shlex.join(['dcgan-features', *map(str, arguments)])}` from {sources}."
 
 
 def render_into_readme(readme: Path, text: str, markers: tuple[str, str] = README_MARKERS) -> None:
