@@ -9,6 +9,8 @@ for ``--repeats`` rounds (reversed on odd rounds), so a busy spell on the machin
 ratio is of the medians. Two ablations are reported beside it and not counted: our loop with the default
 Adam, and with ``train.bf16`` (off in the dataclass; the recipe's ``"auto"`` turns it on), the latter only where
 bfloat16 runs in hardware (``--bf16 on`` forces it: emulated, a step takes about 50 times as long).
+``--compile`` adds the recipe as trained under ``train.compile`` (``torch.compile`` of G and D); compiling falls
+in each round's warm-up steps, which the rate excludes, so the row shows the steady state a long run reaches.
 
 The model is the one ``--config`` builds (the default recipe, ``configs/cifar10.toml``). The loops compared
 all train it with the plain GAN objective, the reference's; the config's own extras (the rotation loss,
@@ -123,6 +125,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100, help="timed steps per loop and round")
     parser.add_argument("--repeats", type=int, default=5, help="rounds, each running both loops")
     parser.add_argument("--out", default="results/benchmarks")
+    parser.add_argument("--compile", action="store_true",
+                        help="time the recipe as trained under train.compile too (needs a C++ compiler on CPU)")
     parser.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
                         help="time the train.bf16 row: auto where bfloat16 runs in hardware (emulated, it takes hours)")
     args = parser.parse_args()
@@ -153,6 +157,10 @@ def main() -> None:
     if recipe != config:
         loops[f"dcgan-features, {Path(args.config).name} as trained (its extra losses, its train.bf16)"] = (
             lambda: our_loop(new_state(recipe, device), data, recipe, device, args.steps))
+    if args.compile:
+        compiled = apply_overrides(recipe, {"train.compile": True})
+        loops[f"dcgan-features, {Path(args.config).name} as trained, train.compile"] = (
+            lambda: our_loop(new_state(compiled, device), data, compiled, device, args.steps))
     runs = pd.DataFrame(run_rounds(loops, args.repeats))
     medians = runs.groupby("loop")["img_per_s"].agg(["median", "min", "max"]).reindex(list(loops)).reset_index()
     medians["ratio to reference"] = (medians["median"] / medians["median"].iloc[0]).round(2)
