@@ -165,6 +165,11 @@ def test_a_malformed_result_file_is_an_error_that_names_it(tmp_path, damage, mes
         load_results(tmp_path)
 
 
+def test_a_d_rate_of_zero_is_labelled_as_gs_rate_not_as_a_zero_rate(tmp_path):
+    labels = rows(tmp_path, result(config__train__lr_d=0.0), result(seed=1, config__train__lr_d=4e-4))["recipe"]
+    assert sorted(label.split("; ")[1] for label in labels) == ["train.lr_d=0.0004", "train.lr_d=train.lr"]
+
+
 def test_a_long_ablation_change_is_named_by_its_base_rows_recipe_and_what_it_adds():
     from dcgan_features.ablations import short_changes
 
