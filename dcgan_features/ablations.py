@@ -10,7 +10,6 @@ here: the validation protocol never loads the test split.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from .records import (
     result_epochs,
     unfinished,
 )
-from .report import RESULT_FILES_HOLD, scan_results, written_by
+from .report import RESULT_FILES_HOLD, scan_results, setting_label, written_by
 
 CLOSE_CALL = 1.0  # points: rows this close to the best row need a second pretraining seed to be ranked
 
@@ -56,7 +55,7 @@ def changes(result: dict[str, Any], reference: Config) -> str:
     ours, theirs = flat_config(result["config"]), flat_config(reference.to_dict())
     ignored = {*NOT_EXPERIMENT_KEYS, "train.epochs", "data.dataset"}
     keys = [k for k in ours if k not in ignored and not file_gives(theirs.get(k), ours[k])]
-    parts = [f"{k}={json.dumps(ours[k], separators=(',', ':'))}" for k in keys]
+    parts = [setting_label(k, ours[k]) for k in keys]
     if result.get("baseline"):
         parts.insert(0, f"{result['baseline']} baseline")
     elif where := unfinished(result.get("checkpoint", {})):

@@ -146,7 +146,7 @@ def recipe_labels(table: pd.DataFrame) -> list[str]:
         identity = row["identity"]
         twins = table[(table[GROUP_COLUMNS] == row[GROUP_COLUMNS]).all(axis=1)]["identity"].tolist()
         keys = sorted({k for other in twins for k in {*other, *identity} if other.get(k) != identity.get(k)})
-        parts = [row["config_name"]] + [f"{k}={_label_value(k, identity.get(k))}" for k in keys]
+        parts = [row["config_name"]] + [setting_label(k, identity.get(k)) for k in keys]
         if identity.get("pretrain.unfinished"):
             parts.insert(0, f"UNFINISHED RUN ({identity['pretrain.unfinished']})")
         labels.append("; ".join(parts))
@@ -157,10 +157,11 @@ def recipe_labels(table: pd.DataFrame) -> list[str]:
 ZERO_MEANS = {"train.lr_d": "train.lr"}
 
 
-def _label_value(key: str, value: Any) -> str:
+def setting_label(key: str, value: Any) -> str:
+    """``key=value`` as the report's and the ablation table's labels show a config setting."""
     if key in ZERO_MEANS and value == 0:
-        return ZERO_MEANS[key]
-    return json.dumps(value, separators=(",", ":"))
+        return f"{key}={ZERO_MEANS[key]}"
+    return f"{key}={json.dumps(value, separators=(',', ':'))}"
 
 
 # Radford, Metz & Chintala (2015), Tables 1 and 2, shown beside our rows and never computed here.

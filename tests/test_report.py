@@ -168,6 +168,11 @@ def test_a_malformed_result_file_is_an_error_that_names_it(tmp_path, damage, mes
 def test_a_d_rate_of_zero_is_labelled_as_gs_rate_not_as_a_zero_rate(tmp_path):
     labels = rows(tmp_path, result(config__train__lr_d=0.0), result(seed=1, config__train__lr_d=4e-4))["recipe"]
     assert sorted(label.split("; ")[1] for label in labels) == ["train.lr_d=0.0004", "train.lr_d=train.lr"]
+    from dcgan_features.ablations import changes
+    from dcgan_features.config import apply_overrides
+
+    mirror = {"config": Config().to_dict(), "checkpoint": {}}  # against a two-time-scale reference, the same label
+    assert changes(mirror, apply_overrides(Config(), {"train.lr_d": 4e-4})) == "train.lr_d=train.lr"
 
 
 def test_a_long_ablation_change_is_named_by_its_base_rows_recipe_and_what_it_adds():
