@@ -101,6 +101,15 @@ def nearest_config_file(result: dict[str, Any], files: dict[str, Config]) -> str
     return f"{ranked[0][2]}: {ranked[0][3]}" if ranked else None
 
 
+def stands_for_its_epochs(result: dict[str, Any]) -> bool:
+    """Whether a D taken from an unfinished run at an epoch's end is what a run of that many epochs gives: so when
+    its run decayed no learning rate (``train.lr_decay_epochs``, the one schedule that looks ahead to the last
+    epoch), since a run extended with ``--epochs`` continues as if started with that count (tests/test_train.py)."""
+    checkpoint = result.get("checkpoint", {})
+    return (unfinished(checkpoint) is not None and checkpoint.get("step") == 0
+            and flat_config(result["config"]).get("train.lr_decay_epochs", 0) == 0)
+
+
 def nearest_parts(nearest: Any) -> tuple[str, str] | None:
     """The file name and the change of a :func:`nearest_config_file` string; None for a row without one."""
     if not isinstance(nearest, str):
@@ -123,7 +132,7 @@ def ablation_rows(results: list[dict[str, Any]], reference: Config,
             "nearest": nearest_config_file(r, config_files or {}), "recipe": r["recipe"]["name"],
             "epochs": result_epochs(r), "train_s": pretrain.get("train_seconds"),
             "features": r["feature_dim"], "accuracy": 100 * r["validation_accuracy"], "C": r["chosen_C"],
-            "pretrain_seed": pretrain.get("seed"), "seed": r["seed"],
+            "pretrain_seed": pretrain.get("seed"), "seed": r["seed"], "whole_epochs": stands_for_its_epochs(r),
             "commit": commit, "command": command})
     table = pd.DataFrame(records).assign(paired=lambda t: paired_differences(t))
     repeated = table[table.duplicated(["experiment", "pretrain_seed", "seed"], keep=False)]
@@ -154,11 +163,13 @@ def paired_differences(records: pd.DataFrame) -> pd.Series:
     files): its accuracy minus that of the file's own D read out the same way, trained for as many epochs with the
     same pretraining seed and evaluated with the same seed (so on the same validation split, which follows the
     evaluation seed); NaN without such a result. Averaging these compares two recipes seed by seed, where the rows'
-    means may rest on different seeds and splits."""
+    means may rest on different seeds and splits. The file's own D may be one taken from a longer run at the end
+    of as many epochs, where that is the same computation (:func:`stands_for_its_epochs`)."""
     anchors, own_recipe = [], []
-    for nearest, change in zip(records["nearest"], records["change"]):
+    for nearest, change, whole in zip(records["nearest"], records["change"], records["whole_epochs"]):
         name, from_file = nearest_parts(nearest) or ("reference", change)
         shaping, read_out = shaping_and_read_out(from_file)
+        shaping = tuple(p for p in shaping if not (whole and p.startswith("D taken at")))
         anchors.append((name, read_out))
         own_recipe.append(not shaping)
     keys = [(*anchor, e, p, s) for anchor, e, p, s in
@@ -203,8 +214,10 @@ FOOTNOTE = ("Validation accuracy (%) of the full protocol's C sweep on a stratif
             "`\"auto\"` matches what the machine chose. The CSV beside this file holds every row's whole change, "
             "chosen C, commands and commits (pretraining / evaluation). `vs its file's D` compares a row whose D was "
             "trained differently from the config file it is nearest to with that file's own D, read out the same "
-            "way: the mean difference over the (pretraining seed, evaluation seed) pairs both rows hold, as the "
-            "validation split follows the evaluation seed; blank where they share none.")
+            "way (or with that file's D taken from a longer run at the end of as many epochs, the same computation "
+            "where no learning-rate decay looks ahead): the mean difference over the (pretraining seed, evaluation "
+            "seed) pairs both rows hold, as the validation split follows the evaluation seed; blank where they "
+            "share none.")
 
 
 def short_changes(shown: pd.DataFrame) -> tuple[list[str], list[str]]:

@@ -248,6 +248,24 @@ def test_an_ablation_row_is_compared_with_its_files_own_d_seed_by_seed_on_the_sa
     assert render_ablations(alone)["vs its file's D"].tolist() == [""]
 
 
+def test_a_d_taken_at_an_epochs_end_of_a_longer_run_without_decay_stands_for_its_files_d_of_as_many_epochs():
+    from dcgan_features.ablations import ablation_rows, render_ablations
+
+    def run(accuracy, step=0, decay=0, **model):
+        r = result(validation_accuracy=accuracy, recipe={"name": "base.toml"}, pretrain__epochs=4,
+                   checkpoint={"kind": "training", "finished": False, "epoch": 4, "step": step})
+        r["config"]["train"].update(epochs=24, lr_decay_epochs=decay)
+        r["config"]["model"].update(model)
+        return r
+
+    recipe = Config.from_dict({"data": {"dataset": "cifar10"}, "train": {"epochs": 24}})
+    wide = run(0.74, g_widths=[512, 256, 128]) | {"checkpoint": {"kind": "discriminator", "finished": True}}
+    paired = [render_ablations(ablation_rows([wide, base], recipe, {"base.toml": recipe})).set_index(
+        "change")["vs its file's D"]["model.g_widths=[512,256,128]"] for base in (run(0.73), run(0.73, step=120),
+                                                                               run(0.73, decay=12))]
+    assert paired == ["+1.00 (1 pair)", "", ""]  # mid-epoch, or a run whose decay looks ahead: not the same D
+
+
 def test_a_renamed_config_file_is_named_with_its_old_name_when_the_result_is_written(tmp_path):
     from dcgan_features.records import recipe_of
 
