@@ -258,12 +258,16 @@ def test_a_d_taken_at_an_epochs_end_of_a_longer_run_without_decay_stands_for_its
         r["config"]["model"].update(model)
         return r
 
-    recipe = Config.from_dict({"data": {"dataset": "cifar10"}, "train": {"epochs": 24}})
-    wide = run(0.74, g_widths=[512, 256, 128]) | {"checkpoint": {"kind": "discriminator", "finished": True}}
-    paired = [render_ablations(ablation_rows([wide, base], recipe, {"base.toml": recipe})).set_index(
-        "change")["vs its file's D"]["model.g_widths=[512,256,128]"] for base in (run(0.73), run(0.73, step=120),
-                                                                               run(0.73, decay=12))]
-    assert paired == ["+1.00 (1 pair)", "", ""]  # mid-epoch, or a run whose decay looks ahead: not the same D
+    def paired(step, decay):  # the file, the wide-G run and the file's longer run all share the decay
+        recipe = Config.from_dict({"data": {"dataset": "cifar10"}, "train": {"epochs": 24, "lr_decay_epochs": decay}})
+        wide = run(0.74, decay=decay, g_widths=[512, 256, 128]) | {
+            "checkpoint": {"kind": "discriminator", "finished": True}}
+        shown = render_ablations(ablation_rows([wide, run(0.73, step, decay)], recipe, {"base.toml": recipe}))
+        return shown.set_index("change")["vs its file's D"]["model.g_widths=[512,256,128]"]
+
+    assert paired(step=0, decay=0) == "+1.00 (1 pair)"
+    assert paired(step=120, decay=0) == ""  # taken mid-epoch: not what a 4-epoch run gives
+    assert paired(step=0, decay=12) == ""  # its decay looked ahead to epoch 24: not the file's 4-epoch D either
 
 
 def test_a_renamed_config_file_is_named_with_its_old_name_when_the_result_is_written(tmp_path):
