@@ -35,6 +35,7 @@ CLOSE_CALL = 1.0  # points: rows this close to the best row need a second pretra
 
 # The Markdown keeps what a reader compares; the whole config diff, the commands and commits are in the CSV.
 COLUMNS = ["change", "epochs", "pretrain min", "features", "val acc (%)", "vs reference", "vs its file's D", "seeds"]
+TAKEN_AT = "D taken at"  # begins the change part naming where an unfinished run's D was taken
 SHORT_CHANGE = 48  # characters: a longer change is shown as its recipe's name and a footnote
 
 
@@ -59,7 +60,7 @@ def changes(result: dict[str, Any], reference: Config) -> str:
     if result.get("baseline"):
         parts.insert(0, f"{result['baseline']} baseline")
     elif where := unfinished(result.get("checkpoint", {})):
-        parts.append(f"D taken at {where} of a {ours['train.epochs']}-epoch run")
+        parts.append(f"{TAKEN_AT} {where} of a {ours['train.epochs']}-epoch run")
     selected_by = result.get("checkpoint", {}).get("selected_by")
     if selected_by in ("probe", "ema"):
         parts.append({"probe": "best-probe D", "ema": "EMA D"}[selected_by])
@@ -153,7 +154,7 @@ def shaping_and_read_out(change: str) -> tuple[tuple[str, ...], tuple[str, ...]]
     """A change's parts that shape D (its ``data.``, ``model.`` and ``train.`` keys, where an unfinished run was
     taken, a baseline) and the rest: how that D was read out (``features.`` and ``svm.`` keys, EMA or best-probe D)."""
     parts = () if change == "reference" else tuple(change.split("; "))
-    shaping = tuple(p for p in parts if p.startswith((*(f"{s}." for s in TRAINING_SECTIONS), "D taken at"))
+    shaping = tuple(p for p in parts if p.startswith((*(f"{s}." for s in TRAINING_SECTIONS), TAKEN_AT))
                     or p.endswith(" baseline"))
     return shaping, tuple(p for p in parts if p not in shaping)
 
@@ -169,7 +170,7 @@ def paired_differences(records: pd.DataFrame) -> pd.Series:
     for nearest, change, whole in zip(records["nearest"], records["change"], records["whole_epochs"]):
         name, from_file = nearest_parts(nearest) or ("reference", change)
         shaping, read_out = shaping_and_read_out(from_file)
-        shaping = tuple(p for p in shaping if not (whole and p.startswith("D taken at")))
+        shaping = tuple(p for p in shaping if not (whole and p.startswith(TAKEN_AT)))
         anchors.append((name, read_out))
         own_recipe.append(not shaping)
     keys = [(*anchor, e, p, s) for anchor, e, p, s in
